@@ -1,0 +1,259 @@
+"""Point-BERT-style point cloud encoder.
+
+Notation used for tensor shapes:
+    B: batch, N: points per cloud, F: point features (xyz + rgb = 6), G: groups (FPS centres),
+    K: points per group, E: mini-PointNet width, C: transformer width.
+
+Parameter names follow Point-BERT's ``PointTransformer`` one to one (``encoder.first_conv.0.weight``,
+``reduce_dim``, ``cls_token``, ``cls_pos``, ``pos_embed.0``, ``blocks.blocks.{i}.attn.qkv``, ``norm`` ...), so a
+ULIP/PointLLM Point-BERT checkpoint loads with ``load_point_bert_checkpoint``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pointalign.config import PointEncoderConfig
+
+
+def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:
+    """Iterative farthest point sampling.
+
+    Args:
+        xyz: (B, N, 3) coordinates.
+        num_samples: S centres to pick (S <= N).
+        start: "first" starts every cloud at point 0 (deterministic); "random" at a random point.
+        generator: optional torch.Generator for the random start.
+
+    Returns:
+        (B, S) long indices into N.
+    """
+    b, n, _ = xyz.shape
+    if num_samples > n:
+        raise ValueError(f"farthest_point_sample: asked for {num_samples} centres from {n} points")
+    idx = torch.empty(b, num_samples, dtype=torch.long, device=xyz.device)
+    dist = torch.full((b, n), float("inf"), dtype=xyz.dtype, device=xyz.device)  # (B, N)
+    if start == "first":
+        far = torch.zeros(b, dtype=torch.long, device=xyz.device)
+    elif start == "random":
+        far = torch.randint(0, n, (b,), generator=generator, device="cpu").to(xyz.device)
+    else:
+        raise ValueError(f"farthest_point_sample: start must be 'first' or 'random', got {start!r}")
+    batch = torch.arange(b, device=xyz.device)
+    for i in range(num_samples):
+        idx[:, i] = far
+        centre = xyz[batch, far].unsqueeze(1)  # (B, 1, 3)
+        dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))  # (B, N)
+        far = dist.argmax(-1)  # (B,)
+    return idx
+
+
+def knn(query: Tensor, points: Tensor, k: int) -> Tensor:
+    """Indices of the k nearest ``points`` to each ``query`` (squared euclidean), nearest first.
+
+    Args:
+        query: (B, S, 3).
+        points: (B, N, 3).
+        k: neighbours per query (k <= N).
+
+    Returns:
+        (B, S, k) long indices into N.
+    """
+    d = torch.cdist(query, points, compute_mode="donot_use_mm_for_euclid_dist")  # (B, S, N), exact
+    return d.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def group_points(points: Tensor, num_groups: int, group_size: int, fps_start: str = "first") -> tuple[Tensor, Tensor]:
+    """FPS centres and their kNN neighbourhoods; xyz made relative to the centre, other features copied raw.
+
+    Args:
+        points: (B, N, F) with xyz in the first 3 features.
+
+    Returns:
+        neighbourhoods (B, G, K, F) and centres (B, G, 3).
+    """
+    xyz = points[..., :3]
+    b = points.shape[0]
+    centre_idx = farthest_point_sample(xyz, num_groups, fps_start)  # (B, G)
+    batch = torch.arange(b, device=points.device)[:, None]
+    centres = xyz[batch, centre_idx]  # (B, G, 3)
+    nbr_idx = knn(centres, xyz, group_size)  # (B, G, K)
+    groups = points[batch[:, :, None], nbr_idx]  # (B, G, K, F)
+    rel = groups[..., :3] - centres[:, :, None, :]
+    return torch.cat([rel, groups[..., 3:]], dim=-1), centres
+
+
+class MiniPointNet(nn.Module):
+    """Shared PointNet over each group: (B, G, K, F) -> (B, G, E). Named as Point-BERT's ``Encoder``."""
+
+    def __init__(self, point_dims: int, encoder_dims: int) -> None:
+        super().__init__()
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(point_dims, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_dims, 1)
+        )
+
+    def forward(self, groups: Tensor) -> Tensor:
+        b, g, k, f = groups.shape
+        x = groups.reshape(b * g, k, f).transpose(1, 2)  # (BG, F, K)
+        x = self.first_conv(x)  # (BG, 256, K)
+        glob = x.max(dim=2, keepdim=True).values  # (BG, 256, 1)
+        x = torch.cat([glob.expand(-1, -1, k), x], dim=1)  # (BG, 512, K)
+        x = self.second_conv(x)  # (BG, E, K)
+        return x.max(dim=2).values.reshape(b, g, -1)  # (B, G, E)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability p (training only)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, T, c/h)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, h, T, c/h)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """Blocks with the positional embedding re-added before every block."""
+
+    def __init__(self, cfg: PointEncoderConfig) -> None:
+        super().__init__()
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg.trans_dim, cfg.num_heads, cfg.mlp_ratio, r) for r in rates)
+
+    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x + pos)
+        return x
+
+
+class PointEncoder(nn.Module):
+    """(B, N, F) point clouds -> (B, G + 1, C) tokens: cls token first, then one token per FPS group."""
+
+    def __init__(self, cfg: PointEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MiniPointNet(cfg.point_dims, cfg.encoder_dims)
+        self.reduce_dim = nn.Linear(cfg.encoder_dims, cfg.trans_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.trans_dim))
+        self.cls_pos = nn.Parameter(torch.randn(1, 1, cfg.trans_dim) * 0.02)
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, cfg.trans_dim))
+        self.blocks = TransformerEncoder(cfg)
+        self.norm = nn.LayerNorm(cfg.trans_dim)
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.trans_dim
+
+    def forward(self, points: Tensor) -> Tensor:
+        if points.dim() != 3 or points.shape[-1] != self.cfg.point_dims:
+            raise ValueError(f"PointEncoder: expected (B, N, {self.cfg.point_dims}) points, got {tuple(points.shape)}")
+        n = points.shape[1]
+        if n < max(self.cfg.num_groups, self.cfg.group_size):
+            raise ValueError(
+                f"PointEncoder: {n} points is fewer than num_groups={self.cfg.num_groups} / "
+                f"group_size={self.cfg.group_size}"
+            )
+        groups, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, self.cfg.fps_start)
+        tokens = self.reduce_dim(self.encoder(groups))  # (B, G, C)
+        b = tokens.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)  # (B, G+1, C)
+        pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centres)], dim=1)  # (B, G+1, C)
+        return self.norm(self.blocks(x, pos))  # (B, G+1, C)
+
+
+_CHECKPOINT_PREFIXES = ("module.point_encoder.", "point_encoder.", "module.", "base_model.")
+
+
+def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
+    """Load a Point-BERT checkpoint (ULIP / PointLLM release) into ``encoder``.
+
+    Accepts ``.safetensors`` or a torch file (read with ``weights_only=True``) holding the state dict directly or
+    under ``base_model`` / ``state_dict`` / ``model``. Classification-head keys (``cls_head_finetune``) are ignored;
+    any other missing or unexpected key is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Point-BERT checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw = load_file(str(path))
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("base_model", "state_dict", "model"):
+            if isinstance(raw, dict) and key in raw and isinstance(raw[key], dict):
+                raw = raw[key]
+                break
+    if any("point_encoder." in k for k in raw):  # a whole ULIP model: keep only its point tower
+        raw = {k: v for k, v in raw.items() if "point_encoder." in k}
+    state = {}
+    for k, v in raw.items():
+        for prefix in _CHECKPOINT_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+                break
+        if not k.startswith("cls_head_finetune"):
+            state[k] = v
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path}: not a matching Point-BERT checkpoint; missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong[:5]} (check encoder sizes in the config)"
+        )
+    encoder.load_state_dict(state)

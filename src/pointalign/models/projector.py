@@ -1,0 +1,54 @@
+"""Projectors: point-token bridge, modality projector and PointAlign's alignment projector.
+
+Notation used for tensor shapes: B batch, T point tokens, Q queries, C / V / D / Dq widths.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pointalign.config import BridgeConfig, ProjectorConfig
+
+
+class Bridge(nn.Module):
+    """Point tokens to the Q-Former's cross-attention width: (B, T, C) -> (B, T, V), GELU between Linears."""
+
+    def __init__(self, cfg: BridgeConfig, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        widths = [in_dim, *cfg.hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if i > 0:
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(a, b))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ModalityProjector(nn.Module):
+    """Q-Former outputs to LLM point tokens: (B, Q, Dq) -> (B, Q, D). Two Linears, no activation by default."""
+
+    def __init__(self, cfg: ProjectorConfig, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, cfg.hidden)
+        self.act = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
+        self.fc2 = nn.Linear(cfg.hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class AlignmentProjector(nn.Module):
+    """LLM hidden states to the Q-Former space: (B, Q, D) -> (B, Q, Dq); 3 Linears with SiLU. Training only."""
+
+    def __init__(self, llm_dim: int, qformer_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or (llm_dim + qformer_dim) // 2
+        self.net = nn.Sequential(
+            nn.Linear(llm_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, qformer_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
