@@ -32,7 +32,7 @@ quickstart: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pointalign quickstart
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/model_step.py

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pointalign import __version__
-from pointalign.config import ModelConfig
+from pointalign.config import CheckpointError, ModelConfig
 from pointalign.models.builders import build_model
 from pointalign.models.pointalign import PointAlignModel
 
@@ -116,7 +116,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: not a pointalign checkpoint (needs {CONFIG} and {WEIGHTS})")
     meta = yaml.safe_load((path / CONFIG).read_text())
     if not isinstance(meta, dict) or "model" not in meta or "checkpoint" not in meta:
-        raise ValueError(f"{path / CONFIG}: malformed checkpoint config (needs 'model' and 'checkpoint')")
+        raise CheckpointError(f"{path / CONFIG}: malformed checkpoint config (needs 'model' and 'checkpoint')")
     return meta
 
 
@@ -126,7 +126,7 @@ def checkpoint_chain(path: str | Path) -> list[Path]:
     current: Path | None = Path(path)
     while current is not None:
         if current.resolve() in {c.resolve() for c in chain}:
-            raise ValueError(f"{path}: checkpoint parents form a cycle")
+            raise CheckpointError(f"{path}: checkpoint parents form a cycle")
         chain.append(current)
         parent = read_checkpoint_meta(current)["checkpoint"].get("parent")
         current = Path(parent) if parent else None
@@ -141,10 +141,10 @@ def load_state_into(model: nn.Module, path: str | Path, *, for_inference: bool =
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise ValueError(f"{path}: tensors the model does not have: {unexpected[:5]}")
+        raise CheckpointError(f"{path}: tensors the model does not have: {unexpected[:5]}")
     wrong = [k for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
-        raise ValueError(f"{path}: shape mismatch for {wrong[:5]}")
+        raise CheckpointError(f"{path}: shape mismatch for {wrong[:5]}")
     model.load_state_dict(state, strict=False)
     return list(state)
 

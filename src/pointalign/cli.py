@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pointalign.config import PRESETS, ConfigError, preset
+from pointalign.config import PRESETS, CheckpointError, ConfigError, preset
 
 # Errors a user can cause and fix: reported as one line, no traceback (POINTALIGN_DEBUG=1 shows it).
-USER_ERRORS = (ConfigError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file does not fit the model or is malformed; the message names the file."""
+
+
 def _check(cond: bool, name: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{name}: {msg}")

@@ -128,7 +128,7 @@ def test_alignment_off_builds_no_projector(tiny_config):
 
 
 def test_align_layer_out_of_range():
-    with pytest.raises(ValueError, match="align.layer=9: the LLM has 4 decoder blocks"):
+    with pytest.raises(ValueError, match=r"align.layer=9: the LLM has 4 decoder blocks \(1..4\)"):
         build_model(preset("tiny", ["align.layer=9"]))
 
 

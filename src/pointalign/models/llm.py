@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointalign.config import LLMConfig, ModelConfig, PromptConfig, QFormerConfig, TinyLLMConfig
+from pointalign.config import ConfigError, LLMConfig, ModelConfig, PromptConfig, QFormerConfig, TinyLLMConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-f32"
@@ -165,7 +165,7 @@ def load_llm(cfg: LLMConfig, prompt: PromptConfig) -> tuple[nn.Module, Any]:
     if prompt.chat_template is not None:
         tokenizer.chat_template = prompt.chat_template
     if not tokenizer.chat_template:
-        raise ValueError(f"llm.source={cfg.source!r}: the tokenizer has no chat template; set prompt.chat_template")
+        raise ConfigError(f"llm.source={cfg.source!r}: the tokenizer has no chat template; set prompt.chat_template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = True
@@ -179,7 +179,7 @@ def _lora_config(model: nn.Module, field: str, cfg: LLMConfig | QFormerConfig, t
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in cfg.lora_targets if t not in present]
     if missing:
-        raise ValueError(f"{field}.lora_targets: no module named {missing} in {type(model).__name__}")
+        raise ConfigError(f"{field}.lora_targets: no module named {missing} in {type(model).__name__}")
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointalign.config import PointEncoderConfig
+from pointalign.config import CheckpointError, PointEncoderConfig
 
 
 def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:
@@ -252,7 +252,7 @@ def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a matching Point-BERT checkpoint; missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]} (check encoder sizes in the config)"
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pointalign.config import AlignConfig, GenerationConfig, ModelConfig
+from pointalign.config import AlignConfig, ConfigError, GenerationConfig, ModelConfig
 from pointalign.data.prompts import PromptBatch, PromptBuilder, Turn, legacy_positions
 from pointalign.losses import alignment_loss, gather_positions, next_token_loss
 from pointalign.models import llm as llm_seam
@@ -73,7 +73,7 @@ class PointAlignModel(nn.Module):
         self.eval_parts: set[str] = set()  # parts kept in eval mode by train() (set by the trainable policy)
         n_layers = len(llm_seam.decoder_layers(llm))
         if align_projector is not None and not 1 <= align.layer <= n_layers:
-            raise ValueError(f"align.layer={align.layer}: the LLM has {n_layers} decoder blocks (valid: 1..{n_layers})")
+            raise ConfigError(f"align.layer={align.layer}: the LLM has {n_layers} decoder blocks (1..{n_layers})")
 
     @property
     def tokenizer(self):

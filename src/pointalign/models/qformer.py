@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointalign.config import QFormerConfig
+from pointalign.config import ConfigError, QFormerConfig
 
 
 class SelfOrCrossAttention(nn.Module):
@@ -190,11 +190,11 @@ def load_bert_weights(qformer: QFormer, init_from: str) -> None:
     }
     for key, value in expected.items():
         if bert_cfg.get(key) != value:
-            raise ValueError(
+            raise ConfigError(
                 f"qformer.init_from={init_from!r}: BERT {key}={bert_cfg.get(key)} but the Q-Former has {value}"
             )
     if bert_cfg.get("num_hidden_layers", 0) < cfg.num_layers:
-        raise ValueError(
+        raise ConfigError(
             f"qformer.init_from={init_from!r}: BERT has {bert_cfg.get('num_hidden_layers')} layers, "
             f"the Q-Former needs {cfg.num_layers}"
         )
