@@ -1,6 +1,7 @@
 import pytest
 
-from pointalign.config import ConfigError, preset
+from pointalign.config import preset
+from pointalign.errors import ConfigError
 from pointalign.models.builders import build_model
 from pointalign.training.stages import STAGES, TrainableConfig, apply_trainable, parameter_summary
 

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pointalign import __version__
-from pointalign.config import CheckpointError, ModelConfig
+from pointalign.config import ModelConfig
+from pointalign.errors import CheckpointError
 from pointalign.models.builders import build_model
 from pointalign.models.pointalign import PointAlignModel
 

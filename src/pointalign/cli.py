@@ -9,10 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pointalign.config import PRESETS, CheckpointError, ConfigError, preset
-
-# Errors a user can cause and fix: reported as one line, no traceback (POINTALIGN_DEBUG=1 shows it).
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
+from pointalign.config import PRESETS, preset
+from pointalign.errors import USER_ERRORS, ConfigError
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -61,6 +59,90 @@ def quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress():
+    """A tqdm factory: bars with ETA on a terminal, nothing when stderr is not one (logs, tests)."""
+    import functools
+
+    from tqdm import tqdm
+
+    return functools.partial(tqdm, disable=None)
+
+
+def data_synth(args: argparse.Namespace) -> int:
+    from pointalign.data.synth import synthesize
+
+    if args.objects_per_class < args.val_per_class + args.test_per_class + 1:
+        raise ConfigError(
+            f"--objects-per-class {args.objects_per_class}: needs at least val ({args.val_per_class}) + test "
+            f"({args.test_per_class}) + 1 train object per class"
+        )
+    if args.points < 64:
+        raise ConfigError(f"--points {args.points}: use at least 64 points per cloud")
+    card = synthesize(
+        args.out,
+        args.objects_per_class,
+        args.points,
+        args.seed,
+        args.val_per_class,
+        args.test_per_class,
+        overwrite=args.overwrite,
+        progress=_progress(),
+    )
+    total = sum(card["objects"].values())
+    print(f"wrote {args.out}: {card['objects']} objects, records {card['records']}")
+    print(f"{total} objects in {card['seconds']:.1f}s ({total / card['seconds']:.0f} objects/s)")
+    return 0
+
+
+def data_inspect(args: argparse.Namespace) -> int:
+    from pointalign.data.inspect import inspect_path
+
+    for line in inspect_path(args.path, args.png):
+        print(line)
+    return 0
+
+
+def data_convert(args: argparse.Namespace) -> int:
+    from pointalign.data.convert import convert_meshes
+
+    info = convert_meshes(
+        args.mesh_dir, args.out, args.points, args.seed, overwrite=args.overwrite, progress=_progress()
+    )
+    print(f"wrote {args.out}: {info['objects']} objects in {len(info['classes'])} classes ({info['points']} points)")
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="make, convert and inspect 3D data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser(
+        "synth", help="write the embedded procedural dataset (40 ModelNet40 classes) in PointLLM's layout"
+    )
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--objects-per-class", type=int, default=40, help="objects per class (default: %(default)s)")
+    synth.add_argument("--points", type=int, default=8192, help="points per cloud (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    synth.add_argument("--val-per-class", type=int, default=5, help="val objects per class (default: %(default)s)")
+    synth.add_argument("--test-per-class", type=int, default=5, help="test objects per class (default: %(default)s)")
+    synth.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    synth.set_defaults(func=data_synth)
+
+    inspect = data_sub.add_parser("inspect", help="summarise a cloud, mesh, annotation file or dataset folder")
+    inspect.add_argument("path")
+    inspect.add_argument("--png", default=None, help="also render it to this PNG file")
+    inspect.set_defaults(func=data_inspect)
+
+    convert = data_sub.add_parser(
+        "convert", help="sample a folder of meshes (class = sub-folder) into the PointLLM layout"
+    )
+    convert.add_argument("mesh_dir")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--points", type=int, default=8192, help="points per cloud (default: %(default)s)")
+    convert.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    convert.set_defaults(func=data_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pointalign",
@@ -84,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     qs.add_argument("--out", default="runs/quickstart", help="inference checkpoint folder (default: %(default)s)")
     qs.set_defaults(func=quickstart)
+    _add_data_commands(sub)
     return parser
 
 

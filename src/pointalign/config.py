@@ -18,13 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file does not fit the model or is malformed; the message names the file."""
+from pointalign.errors import ConfigError
 
 
 def _check(cond: bool, name: str, msg: str) -> None:

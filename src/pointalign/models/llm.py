@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointalign.config import ConfigError, LLMConfig, ModelConfig, PromptConfig, QFormerConfig, TinyLLMConfig
+from pointalign.config import LLMConfig, ModelConfig, PromptConfig, QFormerConfig, TinyLLMConfig
+from pointalign.errors import ConfigError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-f32"

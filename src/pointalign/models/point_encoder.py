@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointalign.config import CheckpointError, PointEncoderConfig
+from pointalign.config import PointEncoderConfig
+from pointalign.errors import CheckpointError
 
 
 def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pointalign.config import AlignConfig, ConfigError, GenerationConfig, ModelConfig
+from pointalign.config import AlignConfig, GenerationConfig, ModelConfig
 from pointalign.data.prompts import PromptBatch, PromptBuilder, Turn, legacy_positions
+from pointalign.errors import ConfigError
 from pointalign.losses import alignment_loss, gather_positions, next_token_loss
 from pointalign.models import llm as llm_seam
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointalign.config import ConfigError, QFormerConfig
+from pointalign.config import QFormerConfig
+from pointalign.errors import ConfigError
 
 
 class SelfOrCrossAttention(nn.Module):

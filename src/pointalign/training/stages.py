@@ -12,7 +12,7 @@ from typing import Literal
 
 from torch import nn
 
-from pointalign.config import ConfigError
+from pointalign.errors import ConfigError
 
 PartMode = Literal["frozen", "full", "lora", "norms", "lora+norms"]
 PARTS = ("point_encoder", "bridge", "qformer", "query_tokens", "projector", "llm", "align_projector")
