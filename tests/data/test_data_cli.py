@@ -112,3 +112,35 @@ def test_convert_empty_folder(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     assert main(["data", "convert", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 2
     assert "no meshes" in capsys.readouterr().err
+
+
+def test_inspect_dataset_with_missing_cloud_and_bad_record(tmp_path, capsys):
+    out = tmp_path / "ds"
+    main(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--objects-per-class",
+            "3",
+            "--points",
+            "64",
+            "--val-per-class",
+            "1",
+            "--test-per-class",
+            "1",
+        ]
+    )
+    capsys.readouterr()
+    victim = sorted((out / "objaverse_data").iterdir())[0]
+    victim.unlink()
+    assert main(["data", "inspect", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert victim.name.split("_")[0] in err and "has no cloud" in err
+    anno = out / "anno_data" / "PointLLM_complex_instruction_70K.json"
+    records = json.loads(anno.read_text())
+    del records[3]["conversations"][1]
+    anno.write_text(json.dumps(records))
+    assert main(["data", "inspect", str(anno)]) == 2
+    assert "record 3: conversations must be a non-empty list of human/gpt pairs" in capsys.readouterr().err

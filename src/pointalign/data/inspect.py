@@ -57,6 +57,13 @@ def _dataset_summary(root: Path) -> tuple[list[str], list[tuple[str, np.ndarray]
             for r in recs:
                 kinds[r.conversation_type] = kinds.get(r.conversation_type, 0) + 1
             lines.append(f"anno_data/{f.name}: {len(recs)} records {kinds}")
+            if clouds:
+                folder = PointLLMFolder(root, points)
+                for r in recs:  # every record's object must have its cloud
+                    if not folder.cloud_path(r.object_id).is_file():
+                        raise DataError(
+                            f"{f}: object id {r.object_id!r} has no cloud {folder.cloud_path(r.object_id).name}"
+                        )
             if recs and not samples and clouds:
                 folder = PointLLMFolder(root, points)
                 for r in recs[:: max(1, len(recs) // 8)][:8]:  # spread over the classes
