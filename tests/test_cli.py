@@ -10,7 +10,7 @@ def test_help(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "model" in out and "quickstart" in out
+    assert all(cmd in out for cmd in ("model", "quickstart", "data", "train"))
 
 
 def test_model_summary_table_and_json(capsys):

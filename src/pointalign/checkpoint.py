@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +71,7 @@ def save_checkpoint(
     for_inference: bool = False,
     parent: str | Path | None = None,
     extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically; an existing folder is replaced only once the new one is complete."""
     out_dir = Path(out_dir)
@@ -91,6 +93,8 @@ def save_checkpoint(
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "what": what})
         (tmp / CONFIG).write_text(yaml.safe_dump(_plain(meta), sort_keys=False))
+        if write_extra is not None:  # more files that must appear together with the weights (trainer state)
+            write_extra(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(old)

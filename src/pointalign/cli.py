@@ -59,6 +59,19 @@ def quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    from pointalign.training.config import load_train_config
+    from pointalign.training.loop import run_stage
+
+    overrides = list(args.overrides)
+    if args.data_fraction is not None:
+        overrides.append(f"data.fraction={args.data_fraction}")
+    cfg = load_train_config(args.config, overrides)
+    stage_dir = run_stage(cfg, args.out, resume=args.resume)
+    print(f"{cfg.stage}: {stage_dir}")
+    return 0
+
+
 def _progress():
     """A tqdm factory: bars with ETA on a terminal, nothing when stderr is not one (logs, tests)."""
     import functools
@@ -167,11 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--out", default="runs/quickstart", help="inference checkpoint folder (default: %(default)s)")
     qs.set_defaults(func=quickstart)
     _add_data_commands(sub)
+
+    tr = sub.add_parser(
+        "train",
+        help="train one stage from a stage config (configs/<preset>/<stage>.yaml)",
+        description="Train one stage. Stages chain through --out: a stage writes <out>/<stage>/ and starts from "
+        "<out>/<init_from>/. Any config field can be overridden with key=value, e.g. data.root=/data/pointllm "
+        "optim.steps=200 loss.weight=0.2.",
+    )
+    tr.add_argument("config", help="stage YAML file")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    tr.add_argument(
+        "--out", default="runs/train", help="run folder shared by the chained stages (default: %(default)s)"
+    )
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run of this stage exactly")
+    tr.add_argument(
+        "--data-fraction", type=float, default=None, help="train on this deterministic fraction of the data"
+    )
+    tr.set_defaults(func=train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # key=value overrides may follow options (pointalign train cfg.yaml --out d data.root=x)
+        if getattr(args, "command", None) == "train" and all("=" in r and not r.startswith("-") for r in rest):
+            args.overrides = [*args.overrides, *rest]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args))
     except USER_ERRORS as exc:

@@ -41,6 +41,7 @@ class PointEncoderConfig:
     num_groups: int = 512  # G: FPS centres, one token each
     group_size: int = 32  # k: neighbours per centre
     encoder_dims: int = 256  # width of the mini-PointNet group tokens
+    tokenizer_widths: tuple[int, ...] = (128, 256, 512)  # mini-PointNet convs: F->w0->w1, then 2*w1->w2->encoder_dims
     trans_dim: int = 384  # C: transformer width
     depth: int = 12  # transformer blocks
     num_heads: int = 6
@@ -57,6 +58,11 @@ class PointEncoderConfig:
         _check(self.num_groups <= self.num_points, "PointEncoderConfig.num_groups", "must be <= num_points")
         _check(self.group_size <= self.num_points, "PointEncoderConfig.group_size", "must be <= num_points")
         _check(0.0 <= self.drop_path_rate < 1.0, "PointEncoderConfig.drop_path_rate", "must be in [0, 1)")
+        _check(
+            len(self.tokenizer_widths) == 3 and all(w > 0 for w in self.tokenizer_widths),
+            "PointEncoderConfig.tokenizer_widths",
+            f"needs three positive widths, got {self.tokenizer_widths!r}",
+        )
 
 
 @dataclass
@@ -274,6 +280,12 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if value not in args:
             raise ConfigError(f"{name}: must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
@@ -373,7 +385,14 @@ def _cpu_small() -> ModelConfig:
     return ModelConfig(
         preset="cpu-small",
         encoder=PointEncoderConfig(
-            num_points=2048, num_groups=128, group_size=32, encoder_dims=256, trans_dim=256, depth=6, num_heads=4
+            num_points=2048,
+            num_groups=64,
+            group_size=32,
+            encoder_dims=256,
+            tokenizer_widths=(64, 128, 256),  # a third of Point-BERT's mini-PointNet cost, for a 2-core CPU
+            trans_dim=256,
+            depth=6,
+            num_heads=4,
         ),
         bridge=BridgeConfig(hidden=(512,)),
         qformer=QFormerConfig(

@@ -91,21 +91,22 @@ def group_points(points: Tensor, num_groups: int, group_size: int, fps_start: st
 class MiniPointNet(nn.Module):
     """Shared PointNet over each group: (B, G, K, F) -> (B, G, E). Named as Point-BERT's ``Encoder``."""
 
-    def __init__(self, point_dims: int, encoder_dims: int) -> None:
+    def __init__(self, point_dims: int, encoder_dims: int, widths: tuple[int, ...] = (128, 256, 512)) -> None:
         super().__init__()
+        w0, w1, w2 = widths
         self.first_conv = nn.Sequential(
-            nn.Conv1d(point_dims, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+            nn.Conv1d(point_dims, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_dims, 1)
+            nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True), nn.Conv1d(w2, encoder_dims, 1)
         )
 
     def forward(self, groups: Tensor) -> Tensor:
         b, g, k, f = groups.shape
         x = groups.reshape(b * g, k, f).transpose(1, 2)  # (BG, F, K)
-        x = self.first_conv(x)  # (BG, 256, K)
-        glob = x.max(dim=2, keepdim=True).values  # (BG, 256, 1)
-        x = torch.cat([glob.expand(-1, -1, k), x], dim=1)  # (BG, 512, K)
+        x = self.first_conv(x)  # (BG, w1, K)
+        glob = x.max(dim=2, keepdim=True).values  # (BG, w1, 1)
+        x = torch.cat([glob.expand(-1, -1, k), x], dim=1)  # (BG, 2 w1, K)
         x = self.second_conv(x)  # (BG, E, K)
         return x.max(dim=2).values.reshape(b, g, -1)  # (B, G, E)
 
@@ -186,7 +187,7 @@ class PointEncoder(nn.Module):
     def __init__(self, cfg: PointEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = MiniPointNet(cfg.point_dims, cfg.encoder_dims)
+        self.encoder = MiniPointNet(cfg.point_dims, cfg.encoder_dims, cfg.tokenizer_widths)
         self.reduce_dim = nn.Linear(cfg.encoder_dims, cfg.trans_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.trans_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, cfg.trans_dim) * 0.02)

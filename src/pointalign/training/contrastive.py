@@ -1,0 +1,168 @@
+"""Stage 0: point-encoder pretraining by point-text contrastive learning (ULIP-style).
+
+The point embedding (the encoder's cls token concatenated with the max over its group tokens, projected to the
+text width) is pulled towards the frozen MiniLM embedding of the object's caption and away from the other captions
+in the batch (symmetric InfoNCE with a learned temperature). Zero-shot classification on the test split (ModelNet40
+format: xyz only, colour 0) compares each cloud's embedding with the embeddings of "a 3D model of a {class}."
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointalign.data.readers import modelnet_cloud, read_class_names, read_modelnet_dat
+from pointalign.data.synth import SHAPE_NAMES_FILE, modelnet_file
+from pointalign.models.point_encoder import PointEncoder, farthest_point_sample
+from pointalign.text_encoder import embed_texts
+from pointalign.training.data import MixtureData, PointStore
+from pointalign.training.distributed import DistInfo
+from pointalign.training.loop import StageRun, build_stage_model
+from pointalign.training.optim import build_optimizer
+
+ZERO_SHOT_TEMPLATE = "a 3D model of a {}."
+
+
+class ContrastiveHead(nn.Module):
+    """(B, G+1, C) encoder tokens -> (B, D) unit embeddings; holds the learned logit scale."""
+
+    def __init__(self, width: int, embed_dim: int, init_temperature: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([tokens[:, 0], tokens[:, 1:].max(dim=1).values], dim=-1)  # (B, 2C)
+        return F.normalize(self.proj(pooled), dim=-1)  # (B, D)
+
+
+class ContrastiveModule(nn.Module):
+    """What stage 0 trains: the point encoder and the head."""
+
+    def __init__(self, encoder: PointEncoder, head: ContrastiveHead) -> None:
+        super().__init__()
+        self.point_encoder = encoder
+        self.head = head
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.head(self.point_encoder(points))
+
+
+def clip_loss(points: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between (B, D) unit point and text embeddings."""
+    logits = logit_scale.clamp(max=math.log(100.0)).exp() * points @ texts.t()  # (B, B)
+    target = torch.arange(points.shape[0], device=points.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def load_test_split(root: Path, points: int, file_points: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """ModelNet40-format test clouds reduced to ``points`` by FPS, their labels and the class names."""
+    dat = root / "modelnet40_data" / modelnet_file(file_points)
+    if not dat.is_file():
+        dat = root / "modelnet40_data" / "modelnet40_test_8192pts_fps.dat"
+    clouds, labels = read_modelnet_dat(dat)
+    names = read_class_names(root / "modelnet40_data" / SHAPE_NAMES_FILE)
+    out = []
+    for c in clouds:
+        cloud = torch.from_numpy(modelnet_cloud(c))
+        if cloud.shape[0] > points:
+            cloud = cloud[farthest_point_sample(cloud[None, :, :3], points)[0]]
+        out.append(cloud)
+    return torch.stack(out), torch.tensor(labels), names
+
+
+def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
+    torch.manual_seed(cfg.seed + dist.rank)
+    model, model_cfg, parent = build_stage_model(cfg, out)
+    model.to(dist.device)
+    head = ContrastiveHead(model_cfg.encoder.trans_dim, cfg.contrastive.embed_dim, cfg.contrastive.init_temperature)
+    module = ContrastiveModule(model.point_encoder, head).to(dist.device)
+    data = MixtureData(cfg.data, cfg.seed, dist.rank, dist.world)
+    store = PointStore(data.folder, model_cfg.encoder.num_points, cfg.data.resample)
+    run = StageRun(
+        cfg,
+        out,
+        dist,
+        model,
+        model_cfg,
+        parent,
+        build_optimizer(module, cfg.optim),
+        data,
+        store,
+        None,
+        extra_modules={"head": head},
+    )
+    captions = sorted({r.turns[0][1] for _, recs in data.sources for r in recs})
+    emb = embed_texts(captions, cfg.contrastive.text_encoder)
+    if emb.shape[1] != cfg.contrastive.embed_dim:
+        raise ValueError(f"contrastive.embed_dim={cfg.contrastive.embed_dim} but the text encoder gives {emb.shape[1]}")
+    run.aux.update(text_bank=dict(zip(captions, emb)), module=module, zero_shot=None)  # caption -> (D,)
+    return run
+
+
+@torch.no_grad()
+def zero_shot_accuracy(run: StageRun) -> float:
+    """Top-1 zero-shot accuracy (%) on the test split."""
+    if run.aux["zero_shot"] is None:
+        root = Path(run.cfg.data.root).expanduser()
+        clouds, labels, names = load_test_split(root, run.model_cfg.encoder.num_points, run.cfg.data.file_points)
+        prompts = embed_texts([ZERO_SHOT_TEMPLATE.format(n) for n in names], run.cfg.contrastive.text_encoder)
+        run.aux["zero_shot"] = (clouds, labels, prompts)
+    clouds, labels, prompts = run.aux["zero_shot"]
+    was_training = run.aux["module"].training
+    run.aux["module"].eval()
+    preds = []
+    for i in range(0, len(clouds), 32):
+        emb = run.aux["module"](clouds[i : i + 32].to(run.dist.device)).cpu()
+        preds.append((emb @ prompts.t()).argmax(dim=1))
+    run.aux["module"].train(was_training)
+    return float((torch.cat(preds) == labels).float().mean() * 100)
+
+
+def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
+    del forward  # stage 0 trains run.aux["module"]; gradients are averaged by hand under DDP
+    _, records = run.data.next_batch()
+    points = run.store.batch([r.object_id for r in records]).clone()
+    drop = torch.rand(points.shape[0]) < run.cfg.contrastive.colour_dropout
+    points[drop, :, 3:] = 0.0
+    texts = torch.stack([run.aux["text_bank"][r.turns[0][1]] for r in records]).to(run.dist.device)
+    run.aux["module"].train()
+    emb = run.aux["module"](points.to(run.dist.device))
+    loss = clip_loss(emb, texts, run.aux["module"].head.logit_scale)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.dist.world > 1:
+        import torch.distributed as tdist
+
+        for p in run.aux["module"].parameters():
+            if p.grad is not None:
+                tdist.all_reduce(p.grad)
+                p.grad /= run.dist.world
+    run.optimizer.step()
+    metrics = {
+        "loss": float(loss.detach()),
+        "samples": len(records) * run.dist.world,
+        "temperature": float(1.0 / run.aux["module"].head.logit_scale.detach().exp()),
+    }
+    every = run.cfg.contrastive.zero_shot_every
+    if run.dist.main and every and (run.step + 1) % every == 0:
+        metrics["zero_shot_accuracy"] = zero_shot_accuracy(run)
+    return metrics
+
+
+def final_report(run: StageRun, print_fn) -> None:
+    if not run.dist.main:
+        return
+    acc = zero_shot_accuracy(run)
+    folder = run.out / "logs" / run.cfg.stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero_shot.json").write_text(json.dumps({"zero_shot_accuracy": acc, "step": run.step}) + "\n")
+    print_fn(
+        f"{run.cfg.stage}: zero-shot classification accuracy on the test split {acc:.2f}% "
+        f"(chance {100 / len(run.aux['zero_shot'][2]):.2f}%)"
+    )

@@ -1,0 +1,146 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pointalign.checkpoint import load_model
+from pointalign.cli import main
+from pointalign.training.config import load_train_config
+from pointalign.training.distributed import DistInfo
+from pointalign.training.loop import run_stage, setup, train_step
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+STAGES = ["stage0", "stage1a", "stage1b", "stage1c", "stage2", "stage2-baseline"]
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    for stage in STAGES:
+        assert main(["train", str(CONFIGS / f"{stage}.yaml"), "--out", str(out), f"data.root={tiny_data}"]) == 0
+    return out
+
+
+def test_stages_chain_through_out(chain):
+    for stage in STAGES:
+        meta = (chain / stage / "config.yaml").read_text()
+        assert "complete: true" in meta
+    assert "parent: null" in (chain / "stage0" / "config.yaml").read_text()
+    assert f"parent: {(chain / 'stage1c').resolve()}" in (chain / "stage2" / "config.yaml").read_text()
+
+
+def test_each_stage_saves_what_it_trained(chain):
+    s1a = load_file(str(chain / "stage1a" / "model.safetensors"))
+    assert s1a and all(k.startswith(("bridge.", "qformer.")) for k in s1a)
+    s2 = load_file(str(chain / "stage2" / "model.safetensors"))
+    assert any(k.startswith("align_projector.") for k in s2)
+    assert all(k.startswith(("llm.", "align_projector.")) for k in s2)
+    base = load_file(str(chain / "stage2-baseline" / "model.safetensors"))
+    assert not any(k.startswith("align_projector.") for k in base)
+    s0 = load_file(str(chain / "stage0" / "model.safetensors"))  # the chain's root holds the whole model
+    assert any(k.startswith("point_encoder.") for k in s0) and any(k.startswith("qformer.") for k in s0)
+
+
+def test_metrics_and_zero_shot_logs(chain):
+    lines = [json.loads(x) for x in (chain / "logs" / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    for key in ("loss", "ntp_loss", "align_loss", "lr", "samples_per_s", "tokens_per_s"):
+        assert key in lines[-1]
+    base = json.loads((chain / "logs" / "stage2-baseline" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "align_loss" not in base
+    zs = json.loads((chain / "logs" / "stage0" / "zero_shot.json").read_text())
+    assert 0.0 <= zs["zero_shot_accuracy"] <= 100.0
+
+
+def test_trained_stage_loads_for_inference(chain):
+    model, cfg = load_model(chain / "stage2", for_inference=True)
+    assert model.align_projector is None and not cfg.align.enabled or cfg.align.enabled
+    assert model.align_projector is None
+
+
+def test_finished_stage_is_skipped_and_unfinished_needs_resume(chain, tiny_data, capsys):
+    assert main(["train", str(CONFIGS / "stage2.yaml"), "--out", str(chain), f"data.root={tiny_data}"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    state = json.loads((chain / "stage2" / "trainer_state.json").read_text())
+    state["complete"] = False
+    (chain / "stage2" / "trainer_state.json").write_text(json.dumps(state))
+    assert main(["train", str(CONFIGS / "stage2.yaml"), "--out", str(chain), f"data.root={tiny_data}"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    state["complete"] = True
+    (chain / "stage2" / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_missing_previous_stage(tiny_data, tmp_path, capsys):
+    assert main(["train", str(CONFIGS / "stage1b.yaml"), "--out", str(tmp_path), f"data.root={tiny_data}"]) == 2
+    assert "init_from='stage1a': no checkpoint" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_feature_cache_gives_the_same_losses(chain, tiny_data, tmp_path):
+    losses = {}
+    for kind in ("none", "memory", "disk"):
+        cfg = load_train_config(
+            CONFIGS / "stage2.yaml", [f"data.root={tiny_data}", f"cache.kind={kind}", f"cache.dir={tmp_path / 'fc'}"]
+        )
+        run = setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu")))
+        run.model.train()
+        losses[kind] = [train_step(run, run.model) for _ in range(3)]
+        assert (run.cache is None) == (kind == "none")
+    for kind in ("memory", "disk"):
+        for a, b in zip(losses["none"], losses[kind]):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+            assert a["align_loss"] == pytest.approx(b["align_loss"], rel=1e-5, abs=1e-6)
+    assert len(list((tmp_path / "fc").rglob("*.safetensors"))) > 0
+
+
+def test_cache_refused_when_vision_trains(chain, tiny_data, capsys):
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "stage1b.yaml"),
+                "--out",
+                str(chain / "x"),
+                f"data.root={tiny_data}",
+                f"init_from={chain / 'stage1a'}",
+                "cache.kind=memory",
+            ]
+        )
+        == 2
+    )
+    assert "the vision side trains in this stage" in capsys.readouterr().err
+
+
+def test_run_stage_returns_folder(chain, tiny_data):
+    cfg = load_train_config(CONFIGS / "stage2.yaml", [f"data.root={tiny_data}"])
+    assert run_stage(cfg, chain, print_fn=lambda *_: None) == chain / "stage2"
+
+
+def test_data_fraction_flag(chain, tiny_data, tmp_path):
+    out = tmp_path / "frac"
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "stage1b.yaml"),
+                "--out",
+                str(out),
+                "--data-fraction",
+                "0.25",
+                f"data.root={tiny_data}",
+                f"init_from={chain / 'stage1a'}",
+                "optim.steps=2",
+            ]
+        )
+        == 0
+    )
+    state = json.loads((out / "stage1b" / "trainer_state.json").read_text())
+    assert state["train_config"]["data"]["fraction"] == 0.25
+
+
+def test_unknown_cli_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", str(CONFIGS / "stage2.yaml"), "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
