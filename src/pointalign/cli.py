@@ -72,6 +72,77 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    from pointalign.checkpoint import load_model
+    from pointalign.config import GenerationConfig
+    from pointalign.eval.tasks import MAX_NEW_TOKENS, evaluate
+
+    model, cfg = load_model(args.checkpoint, for_inference=True)
+    gen = GenerationConfig.greedy(MAX_NEW_TOKENS[args.task]) if args.greedy else None
+    out = Path(args.out) if args.out else Path(args.checkpoint)
+    path = evaluate(
+        model,
+        args.task,
+        args.prompt_index,
+        Path(args.data_root),
+        out,
+        gen,
+        args.batch_size,
+        args.file_points,
+        args.limit,
+        progress=_progress(),
+    )
+    print(f"results: {path}")
+    return 0
+
+
+def judge_cmd(args: argparse.Namespace) -> int:
+    from pointalign.eval.judge import run_judge
+
+    if args.judge == "offline":
+        from pointalign.eval.offline_judge import offline_replies
+
+        run_judge(args.results, offline_replies(args.sbert), "offline")
+        return 0
+    from pointalign.eval.openai_judge import OpenAIJudge, openai_replies
+
+    if not args.base_url or not args.model:
+        raise ConfigError("--judge openai needs --base-url and --model (any OpenAI-compatible endpoint)")
+    judge = OpenAIJudge(
+        args.base_url,
+        args.model,
+        os.environ.get(args.api_key_env),
+        args.temperature,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
+        workers=args.workers,
+    )
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model)
+    results = Path(args.results)
+    cache = results.with_name(f".{results.stem}_judge_cache_{safe}.jsonl")
+    run_judge(results, openai_replies(judge, cache), safe)
+    return 0
+
+
+def metrics_cmd(args: argparse.Namespace) -> int:
+    from pointalign.eval.judge import read_results
+    from pointalign.eval.metrics import caption_metrics
+
+    _, results = read_results(args.results)
+    refs = [str(r["ground_truth"]) for r in results]
+    hyps = [r["model_output"] for r in results]
+    scores = caption_metrics(refs, hyps, sbert=args.sbert, simcse=args.simcse)
+    path = Path(args.results)
+    out = path.with_name(f"{path.stem}_evaluated_traditional.json")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"total": len(results), **scores}, indent=1))
+    tmp.replace(out)
+    print("  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    print(f"written: {out}")
+    return 0
+
+
 def _progress():
     """A tqdm factory: bars with ETA on a terminal, nothing when stderr is not one (logs, tests)."""
     import functools
@@ -198,6 +269,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-fraction", type=float, default=None, help="train on this deterministic fraction of the data"
     )
     tr.set_defaults(func=train)
+
+    ev = sub.add_parser("eval", help="generate answers for a benchmark into a PointLLM-format result file")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint folder (a trained stage)")
+    ev.add_argument("--task", required=True, choices=["cls-closed", "cls-open", "caption"])
+    ev.add_argument("--prompt-index", type=int, required=True, help="0/1 for classification, 2 for captioning")
+    ev.add_argument("--data-root", default="data/synth", help="PointLLM-layout data folder (default: %(default)s)")
+    ev.add_argument("--out", default=None, help="results go to <out>/evaluation/ (default: the checkpoint folder)")
+    ev.add_argument("--greedy", action="store_true", help="deterministic greedy decoding instead of the paper's")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N objects")
+    ev.set_defaults(func=evaluate_cmd)
+
+    jd = sub.add_parser("judge", help="score a result file: offline rules or an OpenAI-compatible LLM judge")
+    jd.add_argument("results", help="a result JSON written by `pointalign eval` (or PointLLM's scripts)")
+    jd.add_argument("--judge", choices=["offline", "openai"], default="offline")
+    jd.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (vLLM), .../v1 (Ollama)")
+    jd.add_argument("--model", default=None, help="the judge model name, e.g. qwen2-72b-instruct")
+    jd.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    jd.add_argument("--temperature", type=float, default=None)
+    jd.add_argument("--workers", type=int, default=8, help="parallel requests (default: %(default)s)")
+    jd.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    jd.add_argument("--retries", type=int, default=5, help="retries per request (default: %(default)s)")
+    jd.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubling")
+    jd.add_argument("--sbert", default="minilm", help="sentence-transformers folder for the offline judge")
+    jd.set_defaults(func=judge_cmd)
+
+    mt = sub.add_parser("metrics", help="caption metrics of a result file: BLEU-1, ROUGE-L, METEOR, SBERT, SimCSE")
+    mt.add_argument("results")
+    mt.add_argument("--sbert", default="minilm", help="'minilm' (packaged) or a sentence-transformers folder")
+    mt.add_argument("--simcse", default=None, help="a local SimCSE model folder (e.g. sup-simcse-roberta-large)")
+    mt.set_defaults(func=metrics_cmd)
     return parser
 
 

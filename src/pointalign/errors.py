@@ -13,4 +13,8 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and record) and the problem."""
 
 
-USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError)
+class JudgeError(RuntimeError):
+    """The judge could not score every item (unreachable server, failed requests); finished items are cached."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DataError, JudgeError, FileNotFoundError, FileExistsError)

@@ -1,4 +1,4 @@
-"""``pointalign judge RESULTS.json --judge {offline,openai}``: score a result file and write ``_evaluated_<judge>.json``.
+"""``pointalign judge RESULTS.json --judge {offline,openai}``: score a result file into ``_evaluated_<judge>.json``.
 
 Both judges produce replies in the reference's formats (``T#...``, ``index#class#...``, ``score#...``), parsed and
 counted by the same code, so their scores mean the same thing:
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pointalign.errors import DataError, JudgeError
 from pointalign.eval import judge_prompts as jp
-from pointalign.errors import DataError
 
 
 def judge_kind(path: Path, data: dict) -> str:
@@ -123,8 +123,10 @@ def run_judge(
     replies = reply_fn(kind, results, names)
     missing = sum(r is None for r in replies)
     if missing:
-        raise RuntimeError(f"{path}: the judge gave no reply for {missing} of {len(results)} items; run again to "
-                           "finish them (finished ones are cached)")
+        raise JudgeError(
+            f"{path}: the judge gave no reply for {missing} of {len(results)} items; run again to "
+            "finish them (finished ones are cached)"
+        )
     acc = account(kind, results, replies, len(names) or 40)
     rows = [{**res, "judge_reply": rep, **row} for res, rep, row in zip(results, replies, acc.pop("rows"))]
     out = path.with_name(f"{path.stem}_evaluated_{judge_name}.json")

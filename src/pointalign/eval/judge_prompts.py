@@ -54,16 +54,22 @@ def closed_system(class_names: list[str]) -> str:
 def messages(kind: str, ground_truth: str, output: str, class_names: list[str] | None = None) -> list[dict]:
     """Chat messages for one judged item."""
     if kind == "open":
-        return [{"role": "system", "content": OPEN_SYSTEM},
-                {"role": "user", "content": f"Ground truth: {ground_truth}\nModel: {output}\nReply:"}]
+        return [
+            {"role": "system", "content": OPEN_SYSTEM},
+            {"role": "user", "content": f"Ground truth: {ground_truth}\nModel: {output}\nReply:"},
+        ]
     if kind == "closed":
         if not class_names:
             raise ValueError("the close-set judge needs the class names")
-        return [{"role": "system", "content": closed_system(class_names)},
-                {"role": "user", "content": f"Description: {output} ->"}]
+        return [
+            {"role": "system", "content": closed_system(class_names)},
+            {"role": "user", "content": f"Description: {output} ->"},
+        ]
     if kind == "caption":
-        return [{"role": "system", "content": CAPTION_SYSTEM},
-                {"role": "user", "content": f"Human: {ground_truth}\nModel: {output}\nReply:"}]
+        return [
+            {"role": "system", "content": CAPTION_SYSTEM},
+            {"role": "user", "content": f"Human: {ground_truth}\nModel: {output}\nReply:"},
+        ]
     raise ValueError(f"unknown judge kind {kind!r}")
 
 

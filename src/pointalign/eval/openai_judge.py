@@ -10,7 +10,6 @@ and is counted INVALID by the accounting.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -63,7 +62,7 @@ class OpenAIJudge:
                 last = f"HTTP {exc.code}"
                 if exc.code not in RETRYABLE_STATUS:
                     raise JudgeRequestError(f"{url}: {last} ({exc.read()[:200]!r})") from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except (json.JSONDecodeError, KeyError, IndexError, TypeError, UnicodeDecodeError) as exc:
                 last = f"not a chat completion ({type(exc).__name__})"
@@ -93,9 +92,7 @@ class ReplyCache:
                 f.flush()
 
 
-def openai_replies(
-    judge: OpenAIJudge, cache_path: Path, print_fn=print
-) -> callable:
+def openai_replies(judge: OpenAIJudge, cache_path: Path, print_fn=print) -> callable:
     """A ``reply_fn`` for ``run_judge``: replies from the endpoint, through the cache."""
 
     def reply_fn(kind: str, results: list[dict], class_names: list[str]) -> list[str | None]:

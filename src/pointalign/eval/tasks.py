@@ -78,7 +78,9 @@ def load_items(task: str, root: Path, num_points: int, file_points: int = 8192) 
     folder = PointLLMFolder(root, file_points)
     records = read_annotations(root / "anno_data" / VAL_GT_FILE)
     return [
-        EvalItem(r.object_id, r.turns[0][1], (lambda o=r.object_id: _reduce(torch.from_numpy(folder.cloud(o)), num_points)))
+        EvalItem(
+            r.object_id, r.turns[0][1], (lambda o=r.object_id: _reduce(torch.from_numpy(folder.cloud(o)), num_points))
+        )
         for r in records
     ]
 
@@ -123,7 +125,9 @@ def evaluate(
     items = load_items(task, root, model.config.encoder.num_points, file_points)[:limit]
     done = {str(r["object_id"]) for r in results}
     todo = [it for it in items if it.object_id not in done]
-    bar = progress(total=len(items), initial=len(items) - len(todo), desc=f"{task} p{prompt_index}") if progress else None
+    bar = (
+        progress(total=len(items), initial=len(items) - len(todo), desc=f"{task} p{prompt_index}") if progress else None
+    )
     device = next(model.parameters()).device
     try:
         for i in range(0, len(todo), batch_size):
@@ -131,8 +135,11 @@ def evaluate(
             points = torch.stack([it.points() for it in chunk]).to(device)
             answers = model.generate(points, [prompt] * len(chunk), config=generation)
             for it, ans in zip(chunk, answers):
-                row = {"object_id": it.object_id if task != "cls-closed" else int(it.object_id),
-                       "ground_truth": it.ground_truth, "model_output": clean_output(ans)}
+                row = {
+                    "object_id": it.object_id if task != "cls-closed" else int(it.object_id),
+                    "ground_truth": it.ground_truth,
+                    "model_output": clean_output(ans),
+                }
                 if it.label_name is not None:
                     row["label_name"] = it.label_name
                 results.append(row)

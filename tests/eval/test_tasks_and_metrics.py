@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from pointalign.checkpoint import save_checkpoint
+from pointalign.cli import main
+from pointalign.config import GenerationConfig
+from pointalign.errors import ConfigError
+from pointalign.eval import metrics
+from pointalign.eval.tasks import evaluate, result_name
+from pointalign.training.stages import STAGES, apply_trainable
+
+
+@pytest.fixture
+def tiny_ckpt(tiny_model, tiny_config, tmp_path):
+    apply_trainable(tiny_model, STAGES["stage2"])
+    return save_checkpoint(tiny_model, tmp_path / "ckpt", tiny_config, what="full")
+
+
+def test_result_names_are_pointllms():
+    assert result_name("cls-closed", 1) == "ModelNet_classification_prompt1.json"
+    assert result_name("cls-open", 0) == "PointLLM_brief_description_val_200_GT_Objaverse_classification_prompt0.json"
+    assert result_name("caption", 2) == "PointLLM_brief_description_val_200_GT_Objaverse_captioning_prompt2.json"
+
+
+def test_closed_set_results_and_resume(tiny_model, tiny_data, tmp_path, monkeypatch):
+    tiny_model.eval()
+    greedy = GenerationConfig.greedy(4)
+    calls = []
+    original = tiny_model.generate
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
+    path = evaluate(tiny_model, "cls-closed", 0, tiny_data, tmp_path, greedy, batch_size=2, file_points=256, limit=3)
+    data = json.loads(path.read_text())
+    assert data["prompt"] == "What is this?" and len(data["results"]) == 3
+    row = data["results"][0]
+    assert row["object_id"] == 0 and isinstance(row["ground_truth"], int) and row["label_name"]
+    assert calls == [2, 1]
+    evaluate(tiny_model, "cls-closed", 0, tiny_data, tmp_path, greedy, batch_size=2, file_points=256, limit=5)
+    assert calls == [2, 1, 2]  # only the two new objects were generated
+    assert [r["object_id"] for r in json.loads(path.read_text())["results"]] == [0, 1, 2, 3, 4]
+
+
+def test_open_and_caption_tasks(tiny_model, tiny_data, tmp_path):
+    tiny_model.eval()
+    for task, prompt in (("cls-open", 1), ("caption", 2)):
+        path = evaluate(
+            tiny_model, task, prompt, tiny_data, tmp_path, GenerationConfig.greedy(3), file_points=256, limit=2
+        )
+        rows = json.loads(path.read_text())["results"]
+        assert len(rows) == 2 and isinstance(rows[0]["ground_truth"], str) and len(rows[0]["object_id"]) == 32
+    with pytest.raises(ConfigError, match="uses prompts"):
+        evaluate(tiny_model, "caption", 0, tiny_data, tmp_path)
+
+
+def test_eval_judge_metrics_cli(tiny_ckpt, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--task",
+                "caption",
+                "--prompt-index",
+                "2",
+                "--greedy",
+                "--data-root",
+                str(tiny_data),
+                "--file-points",
+                "256",
+                "--limit",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = out / "evaluation" / result_name("caption", 2)
+    assert len(json.loads(result.read_text())["results"]) == 3
+    assert main(["judge", str(result)]) == 0
+    assert "average_score" in capsys.readouterr().out
+    assert main(["metrics", str(result)]) == 0
+    scores = json.loads((out / "evaluation" / f"{result.stem}_evaluated_traditional.json").read_text())
+    assert {"bleu1", "rougeL", "meteor", "sbert"} <= set(scores)
+    assert main(["metrics", str(result), "--simcse", str(tmp_path / "nope")]) == 2
+    assert "SimCSE model folder" in capsys.readouterr().err
+
+
+def test_metrics_by_hand():
+    assert metrics.bleu1("a red chair", "a red seat") == pytest.approx(100 * 2 / 3)
+    # LCS("a red chair with legs", "a red seat with four legs") = a red with legs = 4; P = 4/6, R = 4/5
+    assert metrics.rouge_l("a red chair with legs", "a red seat with four legs") == pytest.approx(
+        100 * 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)
+    )
+    assert metrics.rouge_l("a b", "c d") == 0.0
+    assert metrics.meteor("a red chair", "a red chair") > 90
+    assert metrics.meteor("a big red sofa", "a big red couch") > metrics.meteor(
+        "a big red sofa", "a big red box"
+    )  # WordNet: sofa and couch share a synset
+    same, other = metrics.sbert_similarity(["a red chair", "a red chair"], ["a red chair", "a jet plane"])
+    assert same == pytest.approx(100, abs=0.01) and other < 60
+    assert metrics.bleu1("a chair", "") >= 0  # empty output is scored as "##"
+    with pytest.raises(ConfigError, match="needs a local model folder"):
+        metrics.simcse_similarity(["a"], ["b"], None)
