@@ -68,7 +68,7 @@ def train(args: argparse.Namespace) -> int:
         overrides.append(f"data.fraction={args.data_fraction}")
     cfg = load_train_config(args.config, overrides)
     stage_dir = run_stage(cfg, args.out, resume=args.resume)
-    print(f"{cfg.stage}: {stage_dir}")
+    print(f"{cfg.name}: {stage_dir}")
     return 0
 
 
@@ -140,6 +140,42 @@ def metrics_cmd(args: argparse.Namespace) -> int:
     tmp.replace(out)
     print("  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     print(f"written: {out}")
+    return 0
+
+
+def probe_cmd(args: argparse.Namespace) -> int:
+    from pointalign.analysis.probe import probe
+
+    probe(
+        [Path(c) for c in args.checkpoint],
+        Path(args.data_root),
+        Path(args.out),
+        tuple(args.k),
+        args.train_per_class,
+        args.test_limit,
+        args.file_points,
+    )
+    print(f"written: {Path(args.out) / 'probe.csv'}, {Path(args.out) / 'probe.png'}")
+    return 0
+
+
+def reproduce_cmd(args: argparse.Namespace) -> int:
+    from pointalign.analysis.reproduce import reproduce
+
+    reproduce(args.preset, Path(args.out), args.seeds, Path(args.data_root) if args.data_root else None)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def sweep_cmd(args: argparse.Namespace) -> int:
+    from pointalign.analysis.reproduce import sweep
+
+    try:
+        fractions = [float(x) for x in args.data_fraction.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--data-fraction {args.data_fraction!r}: expected numbers separated by commas") from None
+    sweep(args.preset, Path(args.out), fractions, Path(args.data_root) if args.data_root else None)
+    print(f"written: {Path(args.out) / 'sweep.json'}, {Path(args.out) / 'sweep.png'}")
     return 0
 
 
@@ -301,6 +337,30 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--sbert", default="minilm", help="'minilm' (packaged) or a sentence-transformers folder")
     mt.add_argument("--simcse", default=None, help="a local SimCSE model folder (e.g. sup-simcse-roberta-large)")
     mt.set_defaults(func=metrics_cmd)
+
+    pr = sub.add_parser("probe", help="per-layer KNN probe of the point tokens (the paper's Figure 3)")
+    pr.add_argument("--checkpoint", action="append", required=True, help="a checkpoint folder; repeat to compare")
+    pr.add_argument("--data-root", default="data/synth", help="PointLLM-layout data folder (default: %(default)s)")
+    pr.add_argument("--out", default="runs/probe", help="where probe.csv and probe.png go (default: %(default)s)")
+    pr.add_argument("--k", type=int, nargs="+", default=[1, 10], help="neighbours (default: 1 10)")
+    pr.add_argument("--train-per-class", type=int, default=10, help="labelled train objects per class")
+    pr.add_argument("--test-limit", type=int, default=None, help="only the first N test objects")
+    pr.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
+    pr.set_defaults(func=probe_cmd)
+
+    rp = sub.add_parser("reproduce", help="the paper's comparison end to end: data, stages, eval, probe, report")
+    rp.add_argument("--preset", choices=["tiny", "cpu-small"], default="cpu-small")
+    rp.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s); re-running reuses it")
+    rp.add_argument("--seeds", type=int, default=1, help="stage-2 seeds for mean +- std (default: %(default)s)")
+    rp.add_argument("--data-root", default=None, help="use this data folder instead of generating the embedded one")
+    rp.set_defaults(func=reproduce_cmd)
+
+    sw = sub.add_parser("sweep", help="baseline vs PointAlign trained on fractions of the data (Figure 4)")
+    sw.add_argument("--preset", choices=["tiny", "cpu-small"], default="cpu-small")
+    sw.add_argument("--out", default="runs/reproduce", help="run folder; stages 0-1c are reused from it")
+    sw.add_argument("--data-fraction", default="0.1,0.3,0.5,0.7,1.0", help="comma-separated fractions")
+    sw.add_argument("--data-root", default=None)
+    sw.set_defaults(func=sweep_cmd)
     return parser
 
 

@@ -55,7 +55,7 @@ class EvalItem:
     label_name: str | None = None
 
 
-def _reduce(cloud: torch.Tensor, num_points: int) -> torch.Tensor:
+def reduce_points(cloud: torch.Tensor, num_points: int) -> torch.Tensor:
     if cloud.shape[0] > num_points:
         cloud = cloud[farthest_point_sample(cloud[None, :, :3], num_points)[0]]
     return cloud
@@ -72,14 +72,18 @@ def load_items(task: str, root: Path, num_points: int, file_points: int = 8192) 
         if max(labels) >= len(names):
             raise DataError(f"{dat}: label {max(labels)} but only {len(names)} class names")
         return [
-            EvalItem(str(i), lab, (lambda c=c: _reduce(torch.from_numpy(modelnet_cloud(c)), num_points)), names[lab])
+            EvalItem(
+                str(i), lab, (lambda c=c: reduce_points(torch.from_numpy(modelnet_cloud(c)), num_points)), names[lab]
+            )
             for i, (c, lab) in enumerate(zip(clouds, labels))
         ]
     folder = PointLLMFolder(root, file_points)
     records = read_annotations(root / "anno_data" / VAL_GT_FILE)
     return [
         EvalItem(
-            r.object_id, r.turns[0][1], (lambda o=r.object_id: _reduce(torch.from_numpy(folder.cloud(o)), num_points))
+            r.object_id,
+            r.turns[0][1],
+            (lambda o=r.object_id: reduce_points(torch.from_numpy(folder.cloud(o)), num_points)),
         )
         for r in records
     ]

@@ -121,7 +121,8 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str  # output sub-folder name, e.g. "stage2"
+    stage: str  # the stage, e.g. "stage2": its default trainable policy, and the output sub-folder
+    run_name: str | None = None  # output sub-folder instead of the stage name (e.g. "stage2-seed1")
     kind: Literal["contrastive", "instruct"] = "instruct"  # stage 0 is contrastive, stages 1-2 instruction tuning
     init_from: str | None = None  # previous stage name (under the same --out) or a checkpoint folder; None = build
     preset: str = "cpu-small"  # model preset when building from scratch
@@ -143,6 +144,11 @@ class TrainConfig:
             self.trainable = dataclasses.replace(STAGES[self.stage])
         if self.checkpoint_every <= 0:
             raise ConfigError("checkpoint_every: must be > 0")
+
+    @property
+    def name(self) -> str:
+        """The run's output sub-folder under --out."""
+        return self.run_name or self.stage
 
     def align_overrides(self, base: AlignConfig) -> AlignConfig:
         """The model's align config with this stage's loss settings applied."""

@@ -159,10 +159,10 @@ def final_report(run: StageRun, print_fn) -> None:
     if not run.dist.main:
         return
     acc = zero_shot_accuracy(run)
-    folder = run.out / "logs" / run.cfg.stage
+    folder = run.out / "logs" / run.cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "zero_shot.json").write_text(json.dumps({"zero_shot_accuracy": acc, "step": run.step}) + "\n")
     print_fn(
-        f"{run.cfg.stage}: zero-shot classification accuracy on the test split {acc:.2f}% "
+        f"{run.cfg.name}: zero-shot classification accuracy on the test split {acc:.2f}% "
         f"(chance {100 / len(run.aux['zero_shot'][2]):.2f}%)"
     )

@@ -135,7 +135,7 @@ class StageRun:
 
     @property
     def stage_dir(self) -> Path:
-        return self.out / self.cfg.stage
+        return self.out / self.cfg.name
 
 
 def read_trainer_state(stage_dir: Path) -> dict[str, Any] | None:
@@ -171,7 +171,7 @@ def save_run(run: StageRun, complete: bool) -> None:
         run.model_cfg,
         what="full" if run.parent is None else "trainable",
         parent=run.parent,
-        extra={"stage": run.cfg.stage, "step": run.step, "complete": complete},
+        extra={"stage": run.cfg.name, "step": run.step, "complete": complete},
         write_extra=write_state,
     )
 
@@ -250,8 +250,8 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(run.model)
-    log = MetricsLog(run.out / "logs" / cfg.stage, run.dist.main, cfg.log.tensorboard, run.step)
-    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=cfg.stage, disable=None if run.dist.main else True)
+    log = MetricsLog(run.out / "logs" / cfg.name, run.dist.main, cfg.log.tensorboard, run.step)
+    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=cfg.name, disable=None if run.dist.main else True)
     run.model.train()
     try:
         while run.step < cfg.optim.steps:
@@ -284,7 +284,7 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
 def run_stage(cfg: TrainConfig, out: str | Path, resume: bool = False, print_fn=print) -> Path:
     """Train one stage into ``<out>/<stage>/`` (see the module docstring); returns that folder."""
     out = Path(out)
-    stage_dir = out / cfg.stage
+    stage_dir = out / cfg.name
     state = read_trainer_state(stage_dir)
     if state is not None and state.get("complete"):
         print_fn(f"{stage_dir}: already complete ({state['step']} steps); nothing to do")
@@ -305,7 +305,7 @@ def run_stage(cfg: TrainConfig, out: str | Path, resume: bool = False, print_fn=
             step_fn = train_step
         if state is not None:
             restore_run(run, state)
-            print_fn(f"resuming {cfg.stage} at step {run.step}")
+            print_fn(f"resuming {cfg.name} at step {run.step}")
         fit(run, step_fn)
         if cfg.kind == "contrastive":
             from pointalign.training.contrastive import final_report
