@@ -35,3 +35,13 @@ def clouds(n_clouds: int, num_points: int) -> torch.Tensor:
     """(n_clouds, num_points, 6) distinct coloured primitives."""
     shapes = [("sphere", "red"), ("cube", "blue"), ("cylinder", "green"), ("cone", "yellow")]
     return torch.from_numpy(np.stack([sample_shape(*shapes[i % 4], num_points, seed=i) for i in range(n_clouds)]))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small embedded dataset at the tiny preset's 256 points: 80 train, 40 val, 40 test objects."""
+    from pointalign.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tinydata") / "data"
+    synthesize(root, objects_per_class=4, points=256, seed=0, val_per_class=1, test_per_class=1)
+    return root

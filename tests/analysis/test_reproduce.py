@@ -45,7 +45,11 @@ def test_sweep_tiny(tmp_path, capsys):
     assert main(["sweep", "--preset", "tiny", "--out", str(out), "--data-fraction", "0.5,1.0"]) == 0
     rows = json.loads((out / "sweep.json").read_text())
     assert sorted((r["fraction"], r["variant"]) for r in rows) == [
-        (0.5, "baseline"), (0.5, "pointalign"), (1.0, "baseline"), (1.0, "pointalign")]
+        (0.5, "baseline"),
+        (0.5, "pointalign"),
+        (1.0, "baseline"),
+        (1.0, "pointalign"),
+    ]
     assert all({"sbert", "bleu1", "rougeL", "meteor"} <= set(r) for r in rows)
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     state = json.loads((out / "stage2-frac0.5" / "trainer_state.json").read_text())

@@ -85,12 +85,20 @@ def train_stage1(preset: str, out: Path, common: list[str], print_fn) -> None:
         _train(preset, stage, out, common, print_fn)
 
 
+def _run_task(model, task: str, prompt: int, root: Path, ckpt: Path, plan: Plan, file_points: int) -> Path:
+    """One task with the plan's settings (greedy, its object limit); results under ``ckpt/evaluation``."""
+    from pointalign.eval.tasks import evaluate
+
+    generation = GenerationConfig.greedy(plan.max_new_tokens)
+    return evaluate(model, task, prompt, root, ckpt, generation, plan.eval_batch_size, file_points, plan.eval_limit)
+
+
 def evaluate_model(ckpt: Path, root: Path, file_points: int, plan: Plan, print_fn) -> dict:
     """Every task and prompt on one checkpoint: offline judge scores and caption metrics (cached in the folder)."""
     from pointalign.eval.judge import run_judge
     from pointalign.eval.metrics import caption_metrics
     from pointalign.eval.offline_judge import offline_replies
-    from pointalign.eval.tasks import evaluate, result_name
+    from pointalign.eval.tasks import result_name
 
     summary_path = ckpt / "evaluation" / "summary.json"
     if summary_path.is_file():
@@ -100,17 +108,7 @@ def evaluate_model(ckpt: Path, root: Path, file_points: int, plan: Plan, print_f
     model, _ = load_model(ckpt, for_inference=True)
     scores: dict[str, float] = {}
     for task, prompt in EVAL_RUNS:
-        path = evaluate(
-            model,
-            task,
-            prompt,
-            root,
-            ckpt,
-            GenerationConfig.greedy(plan.max_new_tokens),
-            plan.eval_batch_size,
-            file_points,
-            plan.eval_limit,
-        )
+        path = _run_task(model, task, prompt, root, ckpt, plan, file_points)
         report = json.loads(run_judge(path, offline_replies(), "offline", print_fn=lambda *_: None).read_text())
         if task == "cls-closed":
             scores[f"modelnet40_p{prompt}"] = report["clean_accuracy"]
@@ -273,7 +271,6 @@ def write_report(out: Path, report: dict) -> None:
 def sweep(preset: str, out: Path, fractions: list[float], data_root: Path | None = None, print_fn=print) -> list[dict]:
     """Baseline and PointAlign stage 2 per data fraction; captioning metrics per fraction, plotted."""
     from pointalign.eval.metrics import caption_metrics
-    from pointalign.eval.tasks import evaluate
 
     if preset not in PLANS:
         raise ConfigError(f"--preset {preset!r}: sweep runs {', '.join(PLANS)}")
@@ -291,17 +288,7 @@ def sweep(preset: str, out: Path, fractions: list[float], data_root: Path | None
         for variant, stage in (("baseline", "stage2-baseline"), ("pointalign", "stage2")):
             ckpt = _train(preset, stage, out, [*common, f"data.fraction={f}", f"run_name={stage}-frac{f}"], print_fn)
             model, _ = load_model(ckpt, for_inference=True)
-            path = evaluate(
-                model,
-                "caption",
-                2,
-                root,
-                ckpt,
-                GenerationConfig.greedy(plan.max_new_tokens),
-                plan.eval_batch_size,
-                file_points,
-                plan.eval_limit,
-            )
+            path = _run_task(model, "caption", 2, root, ckpt, plan, file_points)
             res = json.loads(path.read_text())["results"]
             m = caption_metrics([r["ground_truth"] for r in res], [r["model_output"] for r in res])
             rows.append({"fraction": f, "variant": variant, **m})
