@@ -28,16 +28,29 @@ def test_closed_set_results_and_resume(tiny_model, tiny_data, tmp_path, monkeypa
     greedy = GenerationConfig.greedy(4)
     calls = []
     original = tiny_model.generate
-    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
-    path = evaluate(tiny_model, "cls-closed", 0, tiny_data, tmp_path, greedy, batch_size=2, file_points=256, limit=3)
-    data = json.loads(path.read_text())
-    assert data["prompt"] == "What is this?" and len(data["results"]) == 3
-    row = data["results"][0]
-    assert row["object_id"] == 0 and isinstance(row["ground_truth"], int) and row["label_name"]
-    assert calls == [2, 1]
+
+    def generate(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2 and not hasattr(generate, "interrupted"):
+            generate.interrupted = True
+            raise KeyboardInterrupt  # the run is stopped during its second batch
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", generate)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_model, "cls-closed", 0, tiny_data, tmp_path, greedy, batch_size=2, file_points=256, limit=5)
+    path = tmp_path / "evaluation" / result_name("cls-closed", 0)
+    assert len(json.loads(path.read_text())["results"]) == 2  # the finished batch was kept
+    calls.clear()
     evaluate(tiny_model, "cls-closed", 0, tiny_data, tmp_path, greedy, batch_size=2, file_points=256, limit=5)
-    assert calls == [2, 1, 2]  # only the two new objects were generated
-    assert [r["object_id"] for r in json.loads(path.read_text())["results"]] == [0, 1, 2, 3, 4]
+    assert calls == [2, 1]  # only the three unfinished objects were generated
+    data = json.loads(path.read_text())
+    assert data["prompt"] == "What is this?"
+    ids = [r["object_id"] for r in data["results"]]
+    assert ids == [0, 8, 16, 24, 32]  # evenly spaced over the 40 test objects
+    assert len({r["label_name"] for r in data["results"]}) == 5
+    row = data["results"][0]
+    assert isinstance(row["ground_truth"], int) and row["label_name"]
 
 
 def test_open_and_caption_tasks(tiny_model, tiny_data, tmp_path):

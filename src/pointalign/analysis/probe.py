@@ -24,7 +24,7 @@ import torch
 
 from pointalign.data.readers import PointLLMFolder
 from pointalign.errors import DataError
-from pointalign.eval.tasks import load_items, reduce_points
+from pointalign.eval.tasks import load_items, reduce_points, spread
 from pointalign.models.pointalign import PointAlignModel, position_ids
 
 PROBE_PROMPT = "What is this?"
@@ -106,7 +106,7 @@ def probe(
         label = names[n] if names else Path(ckpt).name
         folder = PointLLMFolder(root, file_points)
         train = labelled_train_objects(root, train_per_class)
-        test_items = load_items("cls-closed", root, cfg.encoder.num_points, file_points)[:test_limit]
+        test_items = spread(load_items("cls-closed", root, cfg.encoder.num_points, file_points), test_limit)
         classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
         train_clouds = torch.stack(
             [reduce_points(torch.from_numpy(folder.cloud(o)), cfg.encoder.num_points) for o, _ in train]

@@ -89,6 +89,16 @@ def load_items(task: str, root: Path, num_points: int, file_points: int = 8192) 
     ]
 
 
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items evenly spaced over the list (so a subset covers every class), or all of them."""
+    if limit is None or limit >= len(items):
+        return items
+    if limit <= 0:
+        raise ConfigError(f"--limit {limit}: must be positive")
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
 def _atomic_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
@@ -114,7 +124,10 @@ def evaluate(
     limit: int | None = None,
     progress: Callable | None = None,
 ) -> Path:
-    """Generate answers for every object of ``task`` not yet in the result file; returns the file."""
+    """Generate answers for every object of ``task`` not yet in the result file; returns the file.
+
+    With ``limit``, that many objects evenly spaced over the task's list (every class is represented).
+    """
     if prompt_index not in TASK_PROMPTS[task]:
         raise ConfigError(f"--prompt-index {prompt_index}: task {task} uses prompts {TASK_PROMPTS[task]}")
     generation = generation or GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[task], min_new_tokens=10)
@@ -126,7 +139,7 @@ def evaluate(
         if data.get("prompt") != prompt:
             raise ConfigError(f"{path}: holds results for another prompt ({data.get('prompt')!r})")
         results = data["results"]
-    items = load_items(task, root, model.config.encoder.num_points, file_points)[:limit]
+    items = spread(load_items(task, root, model.config.encoder.num_points, file_points), limit)
     done = {str(r["object_id"]) for r in results}
     todo = [it for it in items if it.object_id not in done]
     bar = (
