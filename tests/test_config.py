@@ -65,3 +65,10 @@ def test_paper_preset_values_match_reference():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown"):
         preset("huge")
+
+
+def test_exponent_without_dot_is_a_number():
+    cfg = preset("tiny", ["align.weight=5e-1"])
+    assert cfg.align.weight == 0.5
+    with pytest.raises(ConfigError, match="align.weight: expected a number"):
+        preset("tiny", ["align.weight=lots"])
