@@ -8,7 +8,9 @@ labels of the labelled train objects; the accuracy per layer is written as CSV a
 and K, with the alignment layer marked.
 
 Labelled train objects come from ``anno_data/synth_object_facts.json`` (the embedded dataset) or
-``anno_data/converted_objects.json`` (``data convert``); test objects are the ModelNet40-format test file.
+``anno_data/converted_objects.json`` (``data convert``); test objects are the ModelNet40-format test file. When the
+test clouds have no colour (ModelNet40's format), the train clouds' colours are zeroed too, so both sides of the
+nearest-neighbour comparison come from the same kind of input.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def probe(
         )
         train_y = torch.tensor([classes.index(c) for _, c in train])
         test_clouds = torch.stack([it.points() for it in test_items])
+        if test_clouds[..., 3:].abs().max() == 0:  # ModelNet-format test clouds have no colour: compare like with like
+            train_clouds[..., 3:] = 0.0
         test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
         f_train, f_test = layer_features(model, train_clouds), layer_features(model, test_clouds)
         for k in ks:
