@@ -208,13 +208,6 @@ def _progress():
 def data_synth(args: argparse.Namespace) -> int:
     from pointalign.data.synth import synthesize
 
-    if args.objects_per_class < args.val_per_class + args.test_per_class + 1:
-        raise ConfigError(
-            f"--objects-per-class {args.objects_per_class}: needs at least val ({args.val_per_class}) + test "
-            f"({args.test_per_class}) + 1 train object per class"
-        )
-    if args.points < 64:
-        raise ConfigError(f"--points {args.points}: use at least 64 points per cloud")
     card = synthesize(
         args.out,
         args.objects_per_class,

@@ -34,6 +34,7 @@ import numpy as np
 from pointalign.data.geometry import normalize_unit_sphere, sample_parts
 from pointalign.data.synth_objects import GENERATORS, Draw, Facts
 from pointalign.data.synth_text import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, ObjectText
+from pointalign.errors import ConfigError
 
 GENERATOR_VERSION = "1"
 CLASSES: list[str] = list(GENERATORS)  # ModelNet40 order (alphabetical, "flower pot" etc. with spaces)
@@ -109,12 +110,12 @@ def synthesize(
     """Write the dataset to ``out`` atomically (a temporary folder renamed at the end); returns the card."""
     out = Path(out)
     if objects_per_class < val_per_class + test_per_class + 1:
-        raise ValueError(
+        raise ConfigError(
             f"--objects-per-class {objects_per_class}: needs at least val ({val_per_class}) + test "
             f"({test_per_class}) + 1 train object per class"
         )
     if points < 64:
-        raise ValueError(f"--points {points}: use at least 64 points per cloud")
+        raise ConfigError(f"--points {points}: use at least 64 points per cloud")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     t0 = time.perf_counter()
