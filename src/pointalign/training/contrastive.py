@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointalign.data.readers import modelnet_cloud, read_class_names, read_modelnet_dat
-from pointalign.data.synth import SHAPE_NAMES_FILE, modelnet_file
-from pointalign.models.point_encoder import PointEncoder, farthest_point_sample
+from pointalign.data.readers import read_class_names
+from pointalign.data.synth import SHAPE_NAMES_FILE
+from pointalign.eval.tasks import load_items
+from pointalign.models.point_encoder import PointEncoder
 from pointalign.text_encoder import embed_texts
 from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo
@@ -62,18 +63,9 @@ def clip_loss(points: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tens
 
 def load_test_split(root: Path, points: int, file_points: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """ModelNet40-format test clouds reduced to ``points`` by FPS, their labels and the class names."""
-    dat = root / "modelnet40_data" / modelnet_file(file_points)
-    if not dat.is_file():
-        dat = root / "modelnet40_data" / "modelnet40_test_8192pts_fps.dat"
-    clouds, labels = read_modelnet_dat(dat)
+    items = load_items("cls-closed", root, points, file_points)
     names = read_class_names(root / "modelnet40_data" / SHAPE_NAMES_FILE)
-    out = []
-    for c in clouds:
-        cloud = torch.from_numpy(modelnet_cloud(c))
-        if cloud.shape[0] > points:
-            cloud = cloud[farthest_point_sample(cloud[None, :, :3], points)[0]]
-        out.append(cloud)
-    return torch.stack(out), torch.tensor(labels), names
+    return torch.stack([it.points() for it in items]), torch.tensor([int(it.ground_truth) for it in items]), names
 
 
 def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
