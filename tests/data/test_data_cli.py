@@ -6,31 +6,15 @@ import pytest
 from pointalign.cli import main
 
 
-def listing(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+def synth_small(out, points: int) -> int:
+    """`data synth` of 3 objects per class (1 val, 1 test, 1 train) at ``points`` points; the exit status."""
+    args = ["--objects-per-class", "3", "--points", str(points), "--val-per-class", "1", "--test-per-class", "1"]
+    return main(["data", "synth", "--out", str(out), *args])
 
 
 def test_synth_inspect_and_png(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "--out",
-                str(out),
-                "--objects-per-class",
-                "3",
-                "--points",
-                "128",
-                "--val-per-class",
-                "1",
-                "--test-per-class",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert synth_small(out, 128) == 0
     text = capsys.readouterr().out
     assert "objects/s" in text
     card = json.loads((out / "dataset_card.json").read_text())
@@ -116,22 +100,7 @@ def test_convert_empty_folder(tmp_path, capsys):
 
 def test_inspect_dataset_with_missing_cloud_and_bad_record(tmp_path, capsys):
     out = tmp_path / "ds"
-    main(
-        [
-            "data",
-            "synth",
-            "--out",
-            str(out),
-            "--objects-per-class",
-            "3",
-            "--points",
-            "64",
-            "--val-per-class",
-            "1",
-            "--test-per-class",
-            "1",
-        ]
-    )
+    synth_small(out, 64)
     capsys.readouterr()
     victim = sorted((out / "objaverse_data").iterdir())[0]
     victim.unlink()
