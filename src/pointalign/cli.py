@@ -354,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="runs/probe", help="where probe.csv and probe.png go (default: %(default)s)")
     pr.add_argument("--k", type=int, nargs="+", default=[1, 10], help="neighbours (default: 1 10)")
     pr.add_argument("--train-per-class", type=int, default=10, help="labelled train objects per class")
-    pr.add_argument("--test-limit", type=int, default=None, help="only the first N test objects")
+    pr.add_argument(
+        "--test-limit", type=int, default=None, help="N test objects spread evenly over the test split (default: all)"
+    )
     pr.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
     pr.set_defaults(func=probe_cmd)
 

@@ -413,7 +413,9 @@ def _cpu_small() -> ModelConfig:
         projector=ProjectorConfig(hidden=1024),
         llm=LLMConfig(source="smollm2", lora_r=16, lora_alpha=32, lora_dropout=0.05),
         align=AlignConfig(layer=14),
-        prompt=PromptConfig(max_length=768),
+        # SmolLM2's template adds a 16-token default system prompt to every sequence when none is given; an empty one
+        # keeps the template's shape and makes every LLM step about a sixth cheaper.
+        prompt=PromptConfig(system_prompt="", max_length=768),
     )
 
 

@@ -1,17 +1,20 @@
 import json
-import time
 
 import pytest
 
+from pointalign.analysis.reproduce import probe_summary
 from pointalign.cli import main
+
+
+def test_probe_summary_by_hand():
+    rows = [{"checkpoint": "a", "k": 1, "layer": i, "accuracy": acc} for i, acc in enumerate([90.0, 80.0, 70.0, 60.0])]
+    assert probe_summary(rows, align_layer=2) == {"a": {1: {"input": 90.0, "align": 70.0, "last": 60.0, "after": 65.0}}}
 
 
 @pytest.mark.slow
 def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     out = tmp_path / "rp"
-    t = time.perf_counter()
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0
-    first = time.perf_counter() - t
     report = json.loads((out / "report.json").read_text())
     metrics = {r["metric"] for r in report["rows"]}
     assert {"modelnet40_p0", "objaverse_p1", "caption_sbert", "probe_k1", "probe_k10"} <= metrics
@@ -21,12 +24,11 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     for name in ("stage0", "stage1c", "stage2-seed0", "stage2-baseline-seed0", "stage2-legacy-seed0"):
         assert (out / name / "model.safetensors").is_file()
     assert (out / "probe" / "probe.png").is_file()
+    assert set(report["probe"]["summary"]) == {"baseline", "pointalign", "legacy-span"}
+    assert "| pointalign | 10 |" in md and "input embeddings" in md
     stamp = (out / "stage2-seed0" / "model.safetensors").stat().st_mtime
-    t = time.perf_counter()
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0  # reuses every finished step
-    again = time.perf_counter() - t
     assert (out / "stage2-seed0" / "model.safetensors").stat().st_mtime == stamp
-    assert again < first
     capsys.readouterr()
 
 
@@ -55,3 +57,25 @@ def test_sweep_tiny(tmp_path, capsys):
     state = json.loads((out / "stage2-frac0.5" / "trainer_state.json").read_text())
     assert state["train_config"]["data"]["fraction"] == 0.5
     capsys.readouterr()
+
+
+def test_cached_probe_reuses_results_while_the_settings_match(tmp_path, monkeypatch):
+    import pointalign.analysis.probe as probe_module
+    from pointalign.analysis.reproduce import cached_probe
+
+    calls = []
+
+    def fake(ckpt, root, ks, train_per_class, test_limit, file_points):
+        calls.append(train_per_class)
+        return {k: [50.0 + k, 40.0] for k in ks}, 1
+
+    monkeypatch.setattr(probe_module, "probe_checkpoint", fake)
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    first = cached_probe(ckpt, tmp_path, (1, 10), 8, None, 2048)
+    assert first == ({1: [51.0, 40.0], 10: [60.0, 40.0]}, 1)
+    assert cached_probe(ckpt, tmp_path, (1, 10), 8, None, 2048) == first
+    assert calls == [8]
+    cached_probe(ckpt, tmp_path, (1, 10), 4, None, 2048)  # other settings: computed again
+    assert calls == [8, 4]
+    assert not list((ckpt / "evaluation").glob("*.tmp"))

@@ -76,3 +76,11 @@ def test_stage_model_config_applies_loss_settings():
     model_cfg = stage_model_config(cfg, None)
     assert model_cfg.align.enabled and model_cfg.align.weight == 0.3 and model_cfg.align.span == "legacy"
     assert model_cfg.align.layer == preset("tiny").align.layer
+
+
+def test_trainable_in_a_config_changes_only_the_parts_it_names(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("stage: stage0\nkind: contrastive\ntrainable: {qformer: full}\n")
+    cfg = load_train_config(path, ["trainable.bridge=full"])
+    assert cfg.trainable.point_encoder == "full"  # stage 0's default, kept
+    assert (cfg.trainable.qformer, cfg.trainable.bridge, cfg.trainable.llm) == ("full", "full", "frozen")

@@ -87,6 +87,35 @@ def knn_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor,
     return float((torch.tensor(preds) == test_y).float().mean() * 100)
 
 
+def probe_checkpoint(
+    ckpt: Path,
+    root: Path,
+    ks: tuple[int, ...] = (1, 10),
+    train_per_class: int = 10,
+    test_limit: int | None = None,
+    file_points: int = 8192,
+) -> tuple[dict[int, list[float]], int]:
+    """One checkpoint's accuracy per layer for each K, and its alignment layer."""
+    from pointalign.checkpoint import load_model
+
+    model, cfg = load_model(ckpt, for_inference=True)
+    folder = PointLLMFolder(root, file_points)
+    train = labelled_train_objects(root, train_per_class)
+    test_items = spread(load_items("cls-closed", root, cfg.encoder.num_points, file_points), test_limit)
+    classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
+    train_clouds = torch.stack(
+        [reduce_points(torch.from_numpy(folder.cloud(o)), cfg.encoder.num_points) for o, _ in train]
+    )
+    train_y = torch.tensor([classes.index(c) for _, c in train])
+    test_clouds = torch.stack([it.points() for it in test_items])
+    if test_clouds[..., 3:].abs().max() == 0:  # ModelNet-format test clouds have no colour: compare like with like
+        train_clouds[..., 3:] = 0.0
+    test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
+    f_train, f_test = layer_features(model, train_clouds), layer_features(model, test_clouds)
+    accs = {k: [knn_accuracy(f_train[i], train_y, f_test[i], test_y, k) for i in range(f_train.shape[0])] for k in ks}
+    return accs, cfg.align.layer
+
+
 def probe(
     checkpoints: list[Path],
     root: Path,
@@ -97,32 +126,18 @@ def probe(
     file_points: int = 8192,
     names: list[str] | None = None,
     print_fn=print,
+    probe_fn=probe_checkpoint,
 ) -> list[dict]:
-    """Probe every checkpoint; writes ``probe.csv`` and ``probe.png`` under ``out``; returns the rows."""
-    from pointalign.checkpoint import load_model
-
+    """Probe every checkpoint (``probe_fn``, e.g. a caching wrapper of ``probe_checkpoint``); writes ``probe.csv``
+    and ``probe.png`` under ``out``; returns the rows."""
     rows: list[dict] = []
     curves: list[tuple[str, int, list[float], int]] = []
     for n, ckpt in enumerate(checkpoints):
-        model, cfg = load_model(ckpt, for_inference=True)
         label = names[n] if names else Path(ckpt).name
-        folder = PointLLMFolder(root, file_points)
-        train = labelled_train_objects(root, train_per_class)
-        test_items = spread(load_items("cls-closed", root, cfg.encoder.num_points, file_points), test_limit)
-        classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
-        train_clouds = torch.stack(
-            [reduce_points(torch.from_numpy(folder.cloud(o)), cfg.encoder.num_points) for o, _ in train]
-        )
-        train_y = torch.tensor([classes.index(c) for _, c in train])
-        test_clouds = torch.stack([it.points() for it in test_items])
-        if test_clouds[..., 3:].abs().max() == 0:  # ModelNet-format test clouds have no colour: compare like with like
-            train_clouds[..., 3:] = 0.0
-        test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
-        f_train, f_test = layer_features(model, train_clouds), layer_features(model, test_clouds)
-        for k in ks:
-            accs = [knn_accuracy(f_train[i], train_y, f_test[i], test_y, k) for i in range(f_train.shape[0])]
+        by_k, align_layer = probe_fn(ckpt, root, ks, train_per_class, test_limit, file_points)
+        for k, accs in by_k.items():
             rows += [{"checkpoint": label, "k": k, "layer": layer, "accuracy": a} for layer, a in enumerate(accs)]
-            curves.append((label, k, accs, cfg.align.layer))
+            curves.append((label, k, accs, align_layer))
             print_fn(f"probe {label} K={k}: " + " ".join(f"{a:.0f}" for a in accs))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "probe.csv", "w", newline="") as f:

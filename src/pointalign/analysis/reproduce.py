@@ -3,8 +3,9 @@
 ``reproduce`` runs: the embedded dataset -> stage 0 -> stages 1a-1c -> for each seed, stage 2 baseline and stage 2
 PointAlign (same data, same seed, same stage-1 model) -> one stage 2 with the reference's legacy alignment span ->
 every evaluation task and prompt (greedy decoding, the offline judge and the caption metrics) -> the layer probe ->
-``report.md``, ``report.json`` and plots. Every step is skipped when its output is already complete, so re-running
-continues where it stopped.
+``report.md``, ``report.json`` and plots. Every step is skipped when its output is already complete (evaluation
+results and probe accuracies are kept in each checkpoint's ``evaluation/`` folder), so re-running continues where it
+stopped, and ``--seeds N`` after a run with fewer seeds trains and evaluates only the new seeds.
 
 ``sweep`` trains baseline and PointAlign stage 2 on fractions of the data (from the same stage 1c) and plots the
 captioning metrics against the fraction (the paper's Figure 4).
@@ -36,12 +37,13 @@ class Plan:
     eval_limit: int | None  # objects per evaluation task (None = all)
     max_new_tokens: int
     probe_train_per_class: int
+    probe_test_limit: int | None  # test objects for the probe (None = the whole test split)
     eval_batch_size: int = 8
 
 
 PLANS = {
-    "tiny": Plan(4, 1, 1, 256, 8, 8, 2),
-    "cpu-small": Plan(40, 5, 5, 2048, 40, 24, 8),
+    "tiny": Plan(4, 1, 1, 256, 8, 8, 2, 8),
+    "cpu-small": Plan(40, 5, 5, 2048, 40, 24, 8, None),
 }
 
 
@@ -178,34 +180,77 @@ def reproduce(preset: str, out: Path, seeds: int = 1, data_root: Path | None = N
     )
     scores = {k: [evaluate_model(p, root, file_points, plan, print_fn) for p in v] for k, v in runs.items()}
     legacy_scores = evaluate_model(legacy, root, file_points, plan, print_fn)
-    probe_dir = out / "probe"
-    probe_rows = probe(
+    settings = (root, (1, 10), plan.probe_train_per_class, plan.probe_test_limit, file_points)
+    align_layer = _align_layer(runs["pointalign"][0])
+    for name in runs:  # the probe of every seed's models, for the mean and spread over seeds
+        for ckpt, score in zip(runs[name], scores[name]):
+            accs, _ = cached_probe(ckpt, *settings)
+            score.update({f"probe_k{k}": statistics.fmean(a[align_layer:]) for k, a in accs.items()})
+    accs, _ = cached_probe(legacy, *settings)
+    legacy_scores.update({f"probe_k{k}": statistics.fmean(a[align_layer:]) for k, a in accs.items()})
+    probe_rows = probe(  # seed 0's curves: probe.csv and probe.png (every checkpoint read from its cache)
         [runs["baseline"][0], runs["pointalign"][0], legacy],
         root,
-        probe_dir,
+        out / "probe",
         train_per_class=plan.probe_train_per_class,
-        test_limit=plan.eval_limit,
+        test_limit=plan.probe_test_limit,
         file_points=file_points,
         names=["baseline", "pointalign", "legacy-span"],
         print_fn=print_fn,
+        probe_fn=cached_probe,
     )
-    align_layer = _align_layer(runs["pointalign"][0])
-    for name, group in (
-        ("baseline", scores["baseline"][:1]),
-        ("pointalign", scores["pointalign"][:1]),
-        ("legacy-span", [legacy_scores]),
-    ):
-        for k in (1, 10):
-            accs = [
-                r["accuracy"]
-                for r in probe_rows
-                if r["checkpoint"] == name and r["k"] == k and r["layer"] >= align_layer
-            ]
-            group[0][f"probe_k{k}"] = statistics.fmean(accs)
+    probe_table = probe_summary(probe_rows, align_layer)
     report = build_report(preset, seeds, scores, legacy_scores, align_layer, plan)
+    report["probe"] = {
+        "train_per_class": plan.probe_train_per_class,
+        "test_objects": plan.probe_test_limit or "all",
+        "summary": probe_table,
+    }
     write_report(out, report)
     print_fn((out / "report.md").read_text())
     return report
+
+
+def cached_probe(
+    ckpt: Path, root: Path, ks: tuple[int, ...], train_per_class: int, test_limit: int | None, file_points: int
+) -> tuple[dict[int, list[float]], int]:
+    """``probe_checkpoint``, kept in ``<ckpt>/evaluation/probe.json`` and reused while its settings match."""
+    from pointalign.analysis.probe import probe_checkpoint
+
+    path = ckpt / "evaluation" / "probe.json"
+    settings = {
+        "root": str(root),
+        "ks": list(ks),
+        "train_per_class": train_per_class,
+        "test_limit": test_limit,
+        "file_points": file_points,
+    }
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            return {int(k): v for k, v in saved["accuracy"].items()}, saved["align_layer"]
+    accs, layer = probe_checkpoint(ckpt, root, ks, train_per_class, test_limit, file_points)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": settings, "align_layer": layer, "accuracy": accs}, indent=1))
+    tmp.replace(path)
+    return accs, layer
+
+
+def probe_summary(rows: list[dict], align_layer: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Per checkpoint and K: accuracy at the input embeddings, at the alignment layer, at the last layer, and the
+    mean over the alignment layer and every layer after it."""
+    table: dict[str, dict[int, dict[str, float]]] = {}
+    for name in dict.fromkeys(r["checkpoint"] for r in rows):
+        for k in sorted({r["k"] for r in rows if r["checkpoint"] == name}):
+            accs = {r["layer"]: r["accuracy"] for r in rows if r["checkpoint"] == name and r["k"] == k}
+            table.setdefault(name, {})[k] = {
+                "input": accs[0],
+                "align": accs[align_layer],
+                "last": accs[max(accs)],
+                "after": statistics.fmean(a for layer, a in accs.items() if layer >= align_layer),
+            }
+    return table
 
 
 def _align_layer(ckpt: Path) -> int:
@@ -264,7 +309,25 @@ def write_report(out: Path, report: dict) -> None:
             f"| {r['label']} | {r['baseline_mean']:.2f} +- {r['baseline_std']:.2f} | "
             f"{r['pointalign_mean']:.2f} +- {r['pointalign_std']:.2f} | {r['delta']:+.2f} | {legacy} |"
         )
-    lines += ["", "Layer probe (Figure 3): `probe/probe.png`, `probe/probe.csv`.", ""]
+    if "probe" in report:
+        p = report["probe"]
+        lines += [
+            "",
+            "Layer probe of seed 0's models (Figure 3; `probe/probe.png`, `probe/probe.csv`): mean point token per "
+            "layer, cosine KNN from "
+            f"{p['train_per_class']} train objects per class to {p['test_objects']} test objects of the "
+            "ModelNet40-format test split; accuracy (%).",
+            "",
+            f"| checkpoint | K | input embeddings | layer {report['align_layer']} | last layer | "
+            f"mean, layer {report['align_layer']} on |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, by_k in p["summary"].items():
+            for k, a in by_k.items():
+                lines.append(
+                    f"| {name} | {k} | {a['input']:.2f} | {a['align']:.2f} | {a['last']:.2f} | {a['after']:.2f} |"
+                )
+    lines.append("")
     (out / "report.md").write_text("\n".join(lines))
 
 

@@ -102,6 +102,10 @@ class ContrastiveConfig:
     init_temperature: float = 0.07
     zero_shot_every: int = 0  # evaluate zero-shot classification every N steps (0 = only at the end)
     colour_dropout: float = 0.5  # zero a cloud's colours with this probability (test clouds of ModelNet40 have none)
+    # Also pretrain the bridge and the Q-Former with BLIP-2's image-text contrastive loss (the best of the query
+    # outputs against the caption). The reference's Q-Former comes pretrained that way (on images); one that starts
+    # from a text-only BERT gives nearly the same outputs for every object and stage 1 cannot fix that in a few steps.
+    qformer: bool = False
     text_encoder: str = "minilm"  # "minilm" (packaged) or a local sentence-transformers folder
 
 
@@ -127,7 +131,7 @@ class TrainConfig:
     init_from: str | None = None  # previous stage name (under the same --out) or a checkpoint folder; None = build
     preset: str = "cpu-small"  # model preset when building from scratch
     model_set: dict[str, Any] = field(default_factory=dict)  # model config overrides, dotted keys
-    trainable: TrainableConfig | None = None  # None = STAGES[stage]
+    trainable: TrainableConfig | None = None  # None = STAGES[stage]; in a YAML, the parts that differ from it
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -135,6 +139,9 @@ class TrainConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 42
+    # "bf16": forward passes under torch.autocast(bfloat16) (weights, gradients and optimizer state stay in their
+    # own dtype, normally fp32); about twice as fast on CPUs with AVX512-BF16/AMX and on GPUs. "fp32": no autocast.
+    precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_every: int = 50  # write a resumable checkpoint every N steps (and at the end)
 
     def __post_init__(self) -> None:
@@ -144,6 +151,8 @@ class TrainConfig:
             self.trainable = dataclasses.replace(STAGES[self.stage])
         if self.checkpoint_every <= 0:
             raise ConfigError("checkpoint_every: must be > 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision: 'fp32' or 'bf16', got {self.precision!r}")
 
     @property
     def name(self) -> str:
@@ -176,6 +185,9 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data = _mixture_as_list(apply_overrides(data, overrides or []))
+    if isinstance(data.get("trainable"), dict) and data.get("stage") in STAGES:
+        # the parts named under trainable change the stage's default policy; the others keep it
+        data["trainable"] = {**dataclasses.asdict(STAGES[data["stage"]]), **data["trainable"]}
     try:
         return from_dict(TrainConfig, data)
     except ConfigError as exc:

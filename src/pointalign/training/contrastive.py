@@ -4,6 +4,10 @@ The point embedding (the encoder's cls token concatenated with the max over its 
 text width) is pulled towards the frozen MiniLM embedding of the object's caption and away from the other captions
 in the batch (symmetric InfoNCE with a learned temperature). Zero-shot classification on the test split (ModelNet40
 format: xyz only, colour 0) compares each cloud's embedding with the embeddings of "a 3D model of a {class}."
+
+With ``contrastive.qformer``, the bridge and the Q-Former train as well, by BLIP-2's image-text contrastive loss:
+each query output is projected to the text width and a cloud's score for a caption is its best query's. The two
+InfoNCE losses are added; the Q-Former's does not flow back into the encoder.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from torch import nn
 
 from pointalign.data.readers import read_class_names
 from pointalign.data.synth import SHAPE_NAMES_FILE
+from pointalign.errors import ConfigError
 from pointalign.eval.tasks import load_items
-from pointalign.models.point_encoder import PointEncoder
+from pointalign.models.pointalign import PointAlignModel
 from pointalign.text_encoder import embed_texts
 from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo
-from pointalign.training.loop import StageRun, build_stage_model
+from pointalign.training.loop import StageRun, autocast, build_stage_model
 from pointalign.training.optim import build_optimizer
 
 ZERO_SHOT_TEMPLATE = "a 3D model of a {}."
@@ -42,21 +47,45 @@ class ContrastiveHead(nn.Module):
         return F.normalize(self.proj(pooled), dim=-1)  # (B, D)
 
 
-class ContrastiveModule(nn.Module):
-    """What stage 0 trains: the point encoder and the head."""
+class QueryHead(nn.Module):
+    """(B, Q, Dq) Q-Former outputs -> (B, Q, D) unit embeddings (BLIP-2's vision_proj); holds its logit scale."""
 
-    def __init__(self, encoder: PointEncoder, head: ContrastiveHead) -> None:
+    def __init__(self, width: int, embed_dim: int, init_temperature: float) -> None:
         super().__init__()
-        self.point_encoder = encoder
-        self.head = head
+        self.proj = nn.Linear(width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.head(self.point_encoder(points))
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(queries), dim=-1)  # (B, Q, D)
+
+
+class ContrastiveModule(nn.Module):
+    """What stage 0 trains: the point encoder and its head; with ``query_head``, also the bridge and the Q-Former."""
+
+    def __init__(self, model: PointAlignModel, head: ContrastiveHead, query_head: QueryHead | None) -> None:
+        super().__init__()
+        self.point_encoder = model.point_encoder
+        self.head = head
+        self.bridge = model.bridge if query_head is not None else None
+        self.qformer = model.qformer if query_head is not None else None
+        self.query_head = query_head
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, F) clouds -> (B, D) encoder embeddings and (B, Q, D) query embeddings (None without a Q-Former)."""
+        tokens = self.point_encoder(points)  # (B, T, C)
+        if self.query_head is None:
+            return self.head(tokens), None
+        # The Q-Former's loss stops at the encoder, which learns from its own head alone (as it does without one).
+        return self.head(tokens), self.query_head(self.qformer(self.bridge(tokens.detach())))
 
 
 def clip_loss(points: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE between (B, D) unit point and text embeddings."""
-    logits = logit_scale.clamp(max=math.log(100.0)).exp() * points @ texts.t()  # (B, B)
+    """Symmetric InfoNCE between (B, D) unit point and text embeddings, or (B, Q, D) query embeddings scored by
+    their best query (BLIP-2's image-text contrastive loss)."""
+    sim = points @ texts.t()  # (B, B) or (B, Q, B)
+    if sim.dim() == 3:
+        sim = sim.max(dim=1).values  # (B, B)
+    logits = logit_scale.clamp(max=math.log(100.0)).exp() * sim
     target = torch.arange(points.shape[0], device=points.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
@@ -72,8 +101,15 @@ def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
     torch.manual_seed(cfg.seed + dist.rank)
     model, model_cfg, parent = build_stage_model(cfg, out)
     model.to(dist.device)
-    head = ContrastiveHead(model_cfg.encoder.trans_dim, cfg.contrastive.embed_dim, cfg.contrastive.init_temperature)
-    module = ContrastiveModule(model.point_encoder, head).to(dist.device)
+    c = cfg.contrastive
+    head = ContrastiveHead(model_cfg.encoder.trans_dim, c.embed_dim, c.init_temperature)
+    query_head = None
+    if c.qformer:
+        frozen = [p for p in ("bridge", "qformer", "query_tokens") if getattr(cfg.trainable, p) == "frozen"]
+        if frozen:
+            raise ConfigError(f"contrastive.qformer=true trains the Q-Former, but trainable.{frozen[0]} is frozen")
+        query_head = QueryHead(model_cfg.qformer.hidden_size, c.embed_dim, c.init_temperature)
+    module = ContrastiveModule(model, head, query_head).to(dist.device)
     data = MixtureData(cfg.data, cfg.seed, dist.rank, dist.world)
     store = PointStore(data.folder, model_cfg.encoder.num_points, cfg.data.resample)
     run = StageRun(
@@ -87,7 +123,7 @@ def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
         data,
         store,
         None,
-        extra_modules={"head": head},
+        extra_modules={"head": head, **({"query_head": query_head} if query_head is not None else {})},
     )
     captions = sorted({r.turns[0][1] for _, recs in data.sources for r in recs})
     emb = embed_texts(captions, cfg.contrastive.text_encoder)
@@ -98,22 +134,28 @@ def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
 
 
 @torch.no_grad()
-def zero_shot_accuracy(run: StageRun) -> float:
-    """Top-1 zero-shot accuracy (%) on the test split."""
+def zero_shot_accuracy(run: StageRun) -> dict[str, float]:
+    """Top-1 zero-shot accuracy (%) on the test split: ``zero_shot_accuracy`` from the encoder's embedding and,
+    when the Q-Former trains, ``qformer_zero_shot_accuracy`` from its best query."""
     if run.aux["zero_shot"] is None:
         root = Path(run.cfg.data.root).expanduser()
         clouds, labels, names = load_test_split(root, run.model_cfg.encoder.num_points, run.cfg.data.file_points)
         prompts = embed_texts([ZERO_SHOT_TEMPLATE.format(n) for n in names], run.cfg.contrastive.text_encoder)
         run.aux["zero_shot"] = (clouds, labels, prompts)
     clouds, labels, prompts = run.aux["zero_shot"]
-    was_training = run.aux["module"].training
-    run.aux["module"].eval()
-    preds = []
+    module = run.aux["module"]
+    was_training = module.training
+    module.eval()
+    preds: dict[str, list[torch.Tensor]] = {"zero_shot_accuracy": [], "qformer_zero_shot_accuracy": []}
     for i in range(0, len(clouds), 32):
-        emb = run.aux["module"](clouds[i : i + 32].to(run.dist.device)).cpu()
-        preds.append((emb @ prompts.t()).argmax(dim=1))
-    run.aux["module"].train(was_training)
-    return float((torch.cat(preds) == labels).float().mean() * 100)
+        with autocast(run):
+            emb, queries = module(clouds[i : i + 32].to(run.dist.device))
+        preds["zero_shot_accuracy"].append((emb.float().cpu() @ prompts.t()).argmax(dim=1))
+        if queries is not None:
+            sim = (queries.float().cpu() @ prompts.t()).max(dim=1).values  # (b, classes): best query per class
+            preds["qformer_zero_shot_accuracy"].append(sim.argmax(dim=1))
+    module.train(was_training)
+    return {k: float((torch.cat(v) == labels).float().mean() * 100) for k, v in preds.items() if v}
 
 
 def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
@@ -124,8 +166,13 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     points[drop, :, 3:] = 0.0
     texts = torch.stack([run.aux["text_bank"][r.turns[0][1]] for r in records]).to(run.dist.device)
     run.aux["module"].train()
-    emb = run.aux["module"](points.to(run.dist.device))
-    loss = clip_loss(emb, texts, run.aux["module"].head.logit_scale)
+    module = run.aux["module"]
+    with autocast(run):
+        emb, queries = module(points.to(run.dist.device))
+    loss = clip_loss(emb.float(), texts, module.head.logit_scale)
+    if queries is not None:
+        query_loss = clip_loss(queries.float(), texts, module.query_head.logit_scale)
+        loss = loss + query_loss
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.dist.world > 1:
@@ -138,23 +185,27 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     run.optimizer.step()
     metrics = {
         "loss": float(loss.detach()),
+        **({"query_loss": float(query_loss.detach())} if queries is not None else {}),
         "samples": len(records) * run.dist.world,
         "temperature": float(1.0 / run.aux["module"].head.logit_scale.detach().exp()),
     }
     every = run.cfg.contrastive.zero_shot_every
     if run.dist.main and every and (run.step + 1) % every == 0:
-        metrics["zero_shot_accuracy"] = zero_shot_accuracy(run)
+        metrics.update(zero_shot_accuracy(run))
     return metrics
 
 
 def final_report(run: StageRun, print_fn) -> None:
     if not run.dist.main:
         return
-    acc = zero_shot_accuracy(run)
+    accs = zero_shot_accuracy(run)
     folder = run.out / "logs" / run.cfg.name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "zero_shot.json").write_text(json.dumps({"zero_shot_accuracy": acc, "step": run.step}) + "\n")
-    print_fn(
-        f"{run.cfg.name}: zero-shot classification accuracy on the test split {acc:.2f}% "
-        f"(chance {100 / len(run.aux['zero_shot'][2]):.2f}%)"
-    )
+    (folder / "zero_shot.json").write_text(json.dumps({**accs, "step": run.step}) + "\n")
+    chance = 100 / len(run.aux["zero_shot"][2])
+    for key, acc in accs.items():
+        where = "the Q-Former's" if key.startswith("qformer") else "the encoder's"
+        print_fn(
+            f"{run.cfg.name}: zero-shot accuracy on the test split from {where} embedding {acc:.2f}% "
+            f"(chance {chance:.2f}%)"
+        )

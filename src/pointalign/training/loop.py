@@ -7,6 +7,7 @@ the stage it started from) plus the trainer state (step, optimizer, RNG and data
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -205,10 +206,18 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo) -> StageRun:
         if not frozen:
             raise ConfigError(f"cache.kind={cfg.cache.kind}: the vision side trains in this stage; use cache.kind=off")
         extra = f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}"
+        extra += f"|{cfg.precision}"
         disk = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
         cache = FeatureCache(model, "disk" if cfg.cache.kind == "disk" else "memory", extra, disk)
     optimizer = build_optimizer(model, cfg.optim)
     return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache)
+
+
+def autocast(run: StageRun) -> contextlib.AbstractContextManager:
+    """The forward pass's autocast context for the run's ``precision`` (a no-op for fp32)."""
+    if run.cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
 
 
 def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
@@ -217,12 +226,13 @@ def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     builder = run.model.builder
     batch = builder.collate([builder.encode(r.turns) for r in records], padding_side="right").to(run.dist.device)
     ids = [r.object_id for r in records]
-    if run.cache is not None:
-        feats = run.cache.features(ids, run.store.batch)
-        feats = type(feats)(feats.qformer_out.to(run.dist.device), feats.point_tokens.to(run.dist.device))
-        out = forward(batch, features=feats)
-    else:
-        out = forward(batch, points=run.store.batch(ids).to(run.dist.device))
+    with autocast(run):
+        if run.cache is not None:
+            feats = run.cache.features(ids, run.store.batch)
+            feats = type(feats)(feats.qformer_out.to(run.dist.device), feats.point_tokens.to(run.dist.device))
+            out = forward(batch, features=feats)
+        else:
+            out = forward(batch, points=run.store.batch(ids).to(run.dist.device))
     run.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if run.cfg.optim.grad_clip is not None:
