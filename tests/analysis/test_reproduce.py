@@ -2,13 +2,14 @@ import json
 
 import pytest
 
-from pointalign.analysis.reproduce import probe_summary
+from pointalign.analysis.reproduce import probe_scores, probe_summary
 from pointalign.cli import main
 
 
 def test_probe_summary_by_hand():
-    rows = [{"checkpoint": "a", "k": 1, "layer": i, "accuracy": acc} for i, acc in enumerate([90.0, 80.0, 70.0, 60.0])]
-    assert probe_summary(rows, align_layer=2) == {"a": {1: {"input": 90.0, "align": 70.0, "last": 60.0, "after": 65.0}}}
+    by_k = {1: [90.0, 80.0, 70.0, 60.0]}
+    assert probe_summary(by_k, align_layer=2) == {1: {"input": 90.0, "align": 70.0, "last": 60.0, "after": 65.0}}
+    assert probe_scores(by_k, align_layer=2) == {"probe_k1": 65.0}
 
 
 @pytest.mark.slow

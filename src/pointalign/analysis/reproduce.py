@@ -182,24 +182,21 @@ def reproduce(preset: str, out: Path, seeds: int = 1, data_root: Path | None = N
     legacy_scores = evaluate_model(legacy, root, file_points, plan, print_fn)
     settings = (root, (1, 10), plan.probe_train_per_class, plan.probe_test_limit, file_points)
     align_layer = _align_layer(runs["pointalign"][0])
+    accs = {ckpt: cached_probe(ckpt, *settings)[0] for ckpt in [*runs["baseline"], *runs["pointalign"], legacy]}
     for name in runs:  # the probe of every seed's models, for the mean and spread over seeds
         for ckpt, score in zip(runs[name], scores[name]):
-            accs, _ = cached_probe(ckpt, *settings)
-            score.update({f"probe_k{k}": statistics.fmean(a[align_layer:]) for k, a in accs.items()})
-    accs, _ = cached_probe(legacy, *settings)
-    legacy_scores.update({f"probe_k{k}": statistics.fmean(a[align_layer:]) for k, a in accs.items()})
-    probe_rows = probe(  # seed 0's curves: probe.csv and probe.png (every checkpoint read from its cache)
-        [runs["baseline"][0], runs["pointalign"][0], legacy],
+            score.update(probe_scores(accs[ckpt], align_layer))
+    legacy_scores.update(probe_scores(accs[legacy], align_layer))
+    seed0 = {"baseline": runs["baseline"][0], "pointalign": runs["pointalign"][0], "legacy-span": legacy}
+    probe(  # seed 0's curves: probe.csv and probe.png, from the accuracies above
+        list(seed0.values()),
         root,
         out / "probe",
-        train_per_class=plan.probe_train_per_class,
-        test_limit=plan.probe_test_limit,
-        file_points=file_points,
-        names=["baseline", "pointalign", "legacy-span"],
+        names=list(seed0),
         print_fn=print_fn,
-        probe_fn=cached_probe,
+        probe_fn=lambda ckpt, *_: (accs[ckpt], align_layer),
     )
-    probe_table = probe_summary(probe_rows, align_layer)
+    probe_table = {name: probe_summary(accs[ckpt], align_layer) for name, ckpt in seed0.items()}
     report = build_report(preset, seeds, scores, legacy_scores, align_layer, plan)
     report["probe"] = {
         "train_per_class": plan.probe_train_per_class,
@@ -237,20 +234,22 @@ def cached_probe(
     return accs, layer
 
 
-def probe_summary(rows: list[dict], align_layer: int) -> dict[str, dict[int, dict[str, float]]]:
-    """Per checkpoint and K: accuracy at the input embeddings, at the alignment layer, at the last layer, and the
-    mean over the alignment layer and every layer after it."""
-    table: dict[str, dict[int, dict[str, float]]] = {}
-    for name in dict.fromkeys(r["checkpoint"] for r in rows):
-        for k in sorted({r["k"] for r in rows if r["checkpoint"] == name}):
-            accs = {r["layer"]: r["accuracy"] for r in rows if r["checkpoint"] == name and r["k"] == k}
-            table.setdefault(name, {})[k] = {
-                "input": accs[0],
-                "align": accs[align_layer],
-                "last": accs[max(accs)],
-                "after": statistics.fmean(a for layer, a in accs.items() if layer >= align_layer),
-            }
-    return table
+def mean_from(accs: list[float], align_layer: int) -> float:
+    """Mean probe accuracy over the alignment layer and every layer after it."""
+    return statistics.fmean(accs[align_layer:])
+
+
+def probe_scores(by_k: dict[int, list[float]], align_layer: int) -> dict[str, float]:
+    """The report's probe metrics of one checkpoint: ``probe_k{K}`` = ``mean_from`` for each K."""
+    return {f"probe_k{k}": mean_from(accs, align_layer) for k, accs in by_k.items()}
+
+
+def probe_summary(by_k: dict[int, list[float]], align_layer: int) -> dict[int, dict[str, float]]:
+    """Per K: accuracy at the input embeddings, at the alignment layer, at the last layer, and ``mean_from``."""
+    return {
+        k: {"input": a[0], "align": a[align_layer], "last": a[-1], "after": mean_from(a, align_layer)}
+        for k, a in by_k.items()
+    }
 
 
 def _align_layer(ckpt: Path) -> int:

@@ -79,13 +79,16 @@ class ContrastiveModule(nn.Module):
         return self.head(tokens), self.query_head(self.qformer(self.bridge(tokens.detach())))
 
 
+def similarity(points: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """(B, T) cosine similarity of (B, D) unit point embeddings, or of (B, Q, D) query embeddings by their best query
+    (BLIP-2's image-text score), with (T, D) unit text embeddings."""
+    sim = points @ texts.t()  # (B, T) or (B, Q, T)
+    return sim.max(dim=1).values if sim.dim() == 3 else sim
+
+
 def clip_loss(points: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE between (B, D) unit point and text embeddings, or (B, Q, D) query embeddings scored by
-    their best query (BLIP-2's image-text contrastive loss)."""
-    sim = points @ texts.t()  # (B, B) or (B, Q, B)
-    if sim.dim() == 3:
-        sim = sim.max(dim=1).values  # (B, B)
-    logits = logit_scale.clamp(max=math.log(100.0)).exp() * sim
+    """Symmetric InfoNCE between point (or query) embeddings and their B captions' embeddings (see ``similarity``)."""
+    logits = logit_scale.clamp(max=math.log(100.0)).exp() * similarity(points, texts)  # (B, B)
     target = torch.arange(points.shape[0], device=points.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
@@ -150,10 +153,9 @@ def zero_shot_accuracy(run: StageRun) -> dict[str, float]:
     for i in range(0, len(clouds), 32):
         with autocast(run):
             emb, queries = module(clouds[i : i + 32].to(run.dist.device))
-        preds["zero_shot_accuracy"].append((emb.float().cpu() @ prompts.t()).argmax(dim=1))
+        preds["zero_shot_accuracy"].append(similarity(emb.float().cpu(), prompts).argmax(dim=1))
         if queries is not None:
-            sim = (queries.float().cpu() @ prompts.t()).max(dim=1).values  # (b, classes): best query per class
-            preds["qformer_zero_shot_accuracy"].append(sim.argmax(dim=1))
+            preds["qformer_zero_shot_accuracy"].append(similarity(queries.float().cpu(), prompts).argmax(dim=1))
     module.train(was_training)
     return {k: float((torch.cat(v) == labels).float().mean() * 100) for k, v in preds.items() if v}
 
@@ -165,8 +167,8 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     drop = torch.rand(points.shape[0]) < run.cfg.contrastive.colour_dropout
     points[drop, :, 3:] = 0.0
     texts = torch.stack([run.aux["text_bank"][r.turns[0][1]] for r in records]).to(run.dist.device)
-    run.aux["module"].train()
     module = run.aux["module"]
+    module.train()
     with autocast(run):
         emb, queries = module(points.to(run.dist.device))
     loss = clip_loss(emb.float(), texts, module.head.logit_scale)
@@ -178,7 +180,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     if run.dist.world > 1:
         import torch.distributed as tdist
 
-        for p in run.aux["module"].parameters():
+        for p in module.parameters():
             if p.grad is not None:
                 tdist.all_reduce(p.grad)
                 p.grad /= run.dist.world
@@ -187,7 +189,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
         "loss": float(loss.detach()),
         **({"query_loss": float(query_loss.detach())} if queries is not None else {}),
         "samples": len(records) * run.dist.world,
-        "temperature": float(1.0 / run.aux["module"].head.logit_scale.detach().exp()),
+        "temperature": float(1.0 / module.head.logit_scale.detach().exp()),
     }
     every = run.cfg.contrastive.zero_shot_every
     if run.dist.main and every and (run.step + 1) % every == 0:

@@ -205,8 +205,9 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo) -> StageRun:
     if cfg.cache.kind in ("memory", "disk") or (cfg.cache.kind == "auto" and frozen and cfg.kind == "instruct"):
         if not frozen:
             raise ConfigError(f"cache.kind={cfg.cache.kind}: the vision side trains in this stage; use cache.kind=off")
-        extra = f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}"
-        extra += f"|{cfg.precision}"
+        extra = (
+            f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}|{cfg.precision}"
+        )
         disk = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
         cache = FeatureCache(model, "disk" if cfg.cache.kind == "disk" else "memory", extra, disk)
     optimizer = build_optimizer(model, cfg.optim)
