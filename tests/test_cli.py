@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
+import pointalign
 from pointalign.cli import main
 
 
@@ -20,6 +22,19 @@ def test_model_summary_table_and_json(capsys):
     assert main(["model", "summary", "--preset", "tiny", "--stage", "inference", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["parts"]["align_projector"]["params"] == 0 and report["trainable"] == 0
+
+
+def test_model_summary_of_a_stage_file_counts_its_trainable_changes(capsys):
+    # cpu-small's stage1a.yaml also trains the projector, which stage 1a's default policy freezes
+    assert main(["model", "summary", "--preset", "tiny", "--stage", "stage1a", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    stage_file = Path(pointalign.__file__).parent / "configs" / "cpu-small" / "stage1a.yaml"
+    assert main(["model", "summary", "--preset", "tiny", "--stage", str(stage_file), "--json"]) == 0
+    changed = json.loads(capsys.readouterr().out)
+    assert default["parts"]["projector"]["trainable"] == 0
+    assert changed["parts"]["projector"]["trainable"] == changed["parts"]["projector"]["params"] > 0
+    assert main(["model", "summary", "--preset", "tiny", "--stage", "nowhere/stage1a.yaml"]) == 2
+    assert "no such config file" in capsys.readouterr().err
 
 
 def test_bad_stage_and_override(capsys):

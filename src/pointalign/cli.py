@@ -27,12 +27,16 @@ def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
 
 def model_summary(args: argparse.Namespace) -> int:
     from pointalign.models.builders import build_model
+    from pointalign.training.config import load_train_config
     from pointalign.training.stages import STAGES, apply_trainable, parameter_summary
 
     cfg = preset(args.preset, args.overrides)
-    if args.stage not in STAGES:
-        raise ConfigError(f"--stage {args.stage!r}: unknown (known: {', '.join(STAGES)})")
-    stage = STAGES[args.stage]
+    if args.stage.endswith((".yaml", ".yml")):  # a stage file: its own trainable policy, changes included
+        stage = load_train_config(args.stage).trainable
+    elif args.stage in STAGES:
+        stage = STAGES[args.stage]
+    else:
+        raise ConfigError(f"--stage {args.stage!r}: unknown (known: {', '.join(STAGES)}, or a stage .yaml file)")
     model = build_model(cfg, for_inference=args.stage == "inference")
     apply_trainable(model, stage)
     rows = parameter_summary(model)
@@ -144,18 +148,18 @@ def metrics_cmd(args: argparse.Namespace) -> int:
 
 
 def probe_cmd(args: argparse.Namespace) -> int:
-    from pointalign.analysis.probe import probe
+    from pointalign.analysis.probe import ProbeSettings, probe
 
-    probe(
-        [Path(c) for c in args.checkpoint],
-        Path(args.data_root),
-        Path(args.out),
-        tuple(args.k),
-        args.train_per_class,
-        args.test_limit,
-        args.file_points,
+    settings = ProbeSettings(
+        ks=tuple(args.k),
+        train_per_class=args.train_per_class,
+        test_limit=args.test_limit,
+        file_points=args.file_points,
+        decode_layers=tuple(args.decode_layers),
     )
-    print(f"written: {Path(args.out) / 'probe.csv'}, {Path(args.out) / 'probe.png'}")
+    probe([Path(c) for c in args.checkpoint], Path(args.data_root), Path(args.out), settings)
+    written = ["probe.csv", "probe.png", *(["decode.csv"] if args.decode_layers else [])]
+    print("written: " + ", ".join(str(Path(args.out) / name) for name in written))
     return 0
 
 
@@ -285,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary = model_sub.add_parser("summary", help="parameter counts per part, total and trainable")
     _add_model_args(summary, default="tiny")
     summary.add_argument(
-        "--stage", default="stage2", help="training stage whose trainable parameters are counted (default: stage2)"
+        "--stage",
+        default="stage2",
+        help="training stage whose trainable parameters are counted: a stage name (its default policy) or a stage "
+        ".yaml file (its policy with the file's trainable changes) (default: %(default)s)",
     )
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
     summary.set_defaults(func=model_summary)
@@ -358,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-limit", type=int, default=None, help="N test objects spread evenly over the test split (default: all)"
     )
     pr.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
+    pr.add_argument(
+        "--decode-layers",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also fit a fresh alignment projector at these layers (0 = input embeddings, -1 = last) and write its "
+        "held-out loss 1 - cos to decode.csv: how much of PointAlign's target the point tokens still carry",
+    )
     pr.set_defaults(func=probe_cmd)
 
     rp = sub.add_parser("reproduce", help="the paper's comparison end to end: data, stages, eval, probe, report")

@@ -3,7 +3,15 @@ import csv
 import pytest
 import torch
 
-from pointalign.analysis.probe import knn_accuracy, labelled_train_objects, layer_features, probe
+from pointalign.analysis.probe import (
+    ProbeSettings,
+    decode_loss,
+    knn_accuracy,
+    labelled_train_objects,
+    layer_features,
+    point_states,
+    probe,
+)
 from pointalign.checkpoint import save_checkpoint
 from tests.conftest import clouds
 
@@ -26,15 +34,35 @@ def test_layer_features_shape(tiny_model):
     assert torch.allclose(feats[:, :1], layer_features(tiny_model, clouds(1, 256)), atol=1e-5)  # batch-independent
 
 
+def test_point_states_shapes(tiny_model):
+    pooled, kept, queries = point_states(tiny_model, clouds(3, 256), layers=(0, 2), batch_size=2)
+    n_layers = len(tiny_model.llm.get_base_model().model.layers)
+    d = tiny_model.llm.get_base_model().config.hidden_size
+    q, dq = queries.shape[1:]
+    assert pooled.shape == (n_layers + 1, 3, d)
+    assert kept.shape == (2, 3, q, d) and queries.shape == (3, q, dq)
+    assert torch.allclose(kept.mean(dim=2), pooled[[0, 2]], atol=1e-5)
+
+
+def test_decode_loss_tells_recoverable_from_unrelated_targets():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(64, 4, 12, generator=gen)  # (N, Q, D)
+    mix = torch.randn(12, 6, generator=gen)
+    q = h @ mix  # (N, Q, Dq): a function of the tokens
+    unrelated = torch.randn(64, 4, 6, generator=gen)
+    recoverable = decode_loss(h[:48], q[:48], h[48:], q[48:], steps=1000)
+    lost = decode_loss(h[:48], unrelated[:48], h[48:], unrelated[48:], steps=300)
+    assert recoverable < 0.05 and lost > 0.8
+    assert decode_loss(h[:48], q[:48], h[48:], q[48:], steps=1000) == recoverable  # seeded: reproducible
+
+
 def test_probe_writes_csv_and_png(tiny_model, tiny_config, tiny_data, tmp_path):
     ckpt = save_checkpoint(tiny_model, tmp_path / "ck", tiny_config, what="full")
     rows = probe(
         [ckpt, ckpt],
         tiny_data,
         tmp_path / "probe",
-        train_per_class=1,
-        test_limit=6,
-        file_points=256,
+        ProbeSettings(train_per_class=1, test_limit=6, file_points=256, decode_layers=(0, -1), decode_steps=5),
         names=["a", "b"],
         print_fn=lambda *_: None,
     )
@@ -43,4 +71,13 @@ def test_probe_writes_csv_and_png(tiny_model, tiny_config, tiny_data, tmp_path):
     with open(tmp_path / "probe" / "probe.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "probe" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    with open(tmp_path / "probe" / "decode.csv") as f:
+        decode = list(csv.DictReader(f))
+    assert [(r["checkpoint"], int(r["layer"])) for r in decode] == [
+        ("a", 0),
+        ("a", n_layers - 1),
+        ("b", 0),
+        ("b", n_layers - 1),
+    ]
+    assert all(0.0 <= float(r["alignment_loss"]) <= 2.0 for r in decode)
     assert len(labelled_train_objects(tiny_data, 1)) == 40

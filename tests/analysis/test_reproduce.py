@@ -2,14 +2,32 @@ import json
 
 import pytest
 
-from pointalign.analysis.reproduce import probe_scores, probe_summary
+from pointalign.analysis.probe import ProbeResult, ProbeSettings
+from pointalign.analysis.reproduce import alignment_trace, probe_scores, probe_summary
 from pointalign.cli import main
 
 
 def test_probe_summary_by_hand():
     by_k = {1: [90.0, 80.0, 70.0, 60.0]}
     assert probe_summary(by_k, align_layer=2) == {1: {"input": 90.0, "align": 70.0, "last": 60.0, "after": 65.0}}
-    assert probe_scores(by_k, align_layer=2) == {"probe_k1": 65.0}
+    assert probe_scores(ProbeResult(by_k, 2, {0: 0.01, 3: 0.5}), align_layer=2) == {
+        "probe_k1": 65.0,
+        "probe_loss_k1": 25.0,
+        "decode_l0": 0.01,
+        "decode_l3": 0.5,
+    }
+
+
+def test_alignment_trace_reads_the_run_log(tmp_path):
+    ckpt = tmp_path / "stage2-seed0"
+    assert alignment_trace(ckpt) is None  # no log
+    log = tmp_path / "logs" / "stage2-seed0" / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps({"step": i, "loss": 1.0, "align_loss": 1.0 / i}) + "\n" for i in range(1, 13)))
+    trace = alignment_trace(ckpt, last=2)
+    assert trace == {"first": 1.0, "last": pytest.approx((1 / 11 + 1 / 12) / 2)}
+    log.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")  # a baseline run: no alignment loss
+    assert alignment_trace(ckpt) is None
 
 
 @pytest.mark.slow
@@ -27,6 +45,9 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     assert (out / "probe" / "probe.png").is_file()
     assert set(report["probe"]["summary"]) == {"baseline", "pointalign", "legacy-span"}
     assert "| pointalign | 10 |" in md and "input embeddings" in md
+    assert report["alignment_loss"]["runs"] == 1 and "Alignment loss (1 - cos)" in md
+    assert {"probe_loss_k1", "probe_loss_k10", "decode_l0", "decode_l2"} <= metrics  # tiny: alignment layer 2
+    assert (out / "probe" / "decode.csv").is_file()
     stamp = (out / "stage2-seed0" / "model.safetensors").stat().st_mtime
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0  # reuses every finished step
     assert (out / "stage2-seed0" / "model.safetensors").stat().st_mtime == stamp
@@ -61,22 +82,24 @@ def test_sweep_tiny(tmp_path, capsys):
 
 
 def test_cached_probe_reuses_results_while_the_settings_match(tmp_path, monkeypatch):
-    import pointalign.analysis.probe as probe_module
-    from pointalign.analysis.reproduce import cached_probe
+    import pointalign.analysis.reproduce as reproduce_module
 
     calls = []
 
-    def fake(ckpt, root, ks, train_per_class, test_limit, file_points):
-        calls.append(train_per_class)
-        return {k: [50.0 + k, 40.0] for k in ks}, 1
+    def fake(ckpt, root, settings):
+        calls.append(settings.train_per_class)
+        return ProbeResult({k: [50.0 + k, 40.0] for k in settings.ks}, 1, {0: 0.25})
 
-    monkeypatch.setattr(probe_module, "probe_checkpoint", fake)
+    monkeypatch.setattr(reproduce_module, "probe_checkpoint", fake)
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
-    first = cached_probe(ckpt, tmp_path, (1, 10), 8, None, 2048)
-    assert first == ({1: [51.0, 40.0], 10: [60.0, 40.0]}, 1)
-    assert cached_probe(ckpt, tmp_path, (1, 10), 8, None, 2048) == first
+    settings = ProbeSettings(train_per_class=8, file_points=2048, decode_layers=(0,))
+    first = reproduce_module.cached_probe(ckpt, tmp_path, settings)
+    assert first == ProbeResult({1: [51.0, 40.0], 10: [60.0, 40.0]}, 1, {0: 0.25})
+    assert reproduce_module.cached_probe(ckpt, tmp_path, settings) == first
     assert calls == [8]
-    cached_probe(ckpt, tmp_path, (1, 10), 4, None, 2048)  # other settings: computed again
+    reproduce_module.cached_probe(
+        ckpt, tmp_path, ProbeSettings(train_per_class=4, file_points=2048)
+    )  # other settings: again
     assert calls == [8, 4]
     assert not list((ckpt / "evaluation").glob("*.tmp"))

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +28,10 @@ import torch
 from pointalign.data.readers import PointLLMFolder
 from pointalign.errors import DataError
 from pointalign.eval.tasks import load_items, reduce_points, spread
+from pointalign.losses import alignment_loss
+from pointalign.models.llm import decoder_layers
 from pointalign.models.pointalign import PointAlignModel, position_ids
+from pointalign.models.projector import AlignmentProjector
 
 PROBE_PROMPT = "What is this?"
 
@@ -51,27 +55,57 @@ def labelled_train_objects(root: Path, per_class: int) -> list[tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the probe reads and how (one home for its defaults)."""
+
+    ks: tuple[int, ...] = (1, 10)  # neighbours of the KNN classifier
+    train_per_class: int = 10  # labelled train objects per class
+    test_limit: int | None = None  # test objects spread over the test split (None = all)
+    file_points: int = 8192  # points in the data files
+    decode_layers: tuple[int, ...] = ()  # layers (-1 = the last) whose point tokens get a fitted alignment projector
+    decode_steps: int = 300
+
+
+@dataclass
+class ProbeResult:
+    accuracy: dict[int, list[float]]  # K -> KNN accuracy (%) per layer (0 = input embeddings)
+    align_layer: int
+    decode: dict[int, float] = field(default_factory=dict)  # layer -> held-out 1 - cos of a fitted projector
+
+
 @torch.no_grad()
-def layer_features(model: PointAlignModel, clouds: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """(L+1, N, D): per layer, the mean hidden state of each object's point tokens."""
+def point_states(
+    model: PointAlignModel, clouds: torch.Tensor, layers: tuple[int, ...] = (), batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer mean point token (L+1, N, D); the point tokens at ``layers`` (len(layers), N, Q, D); and the
+    Q-Former outputs (N, Q, Dq)."""
     model.eval()
     device = next(model.parameters()).device
     item = model.builder.encode([], PROBE_PROMPT)
-    outs = []
+    pooled, kept, queries = [], [], []
     for i in range(0, len(clouds), batch_size):
         chunk = clouds[i : i + batch_size].to(device)
         batch = model.builder.collate([item] * len(chunk), "left").to(device)
-        embeds = model.embed(batch, model.encode_points(chunk).point_tokens)
+        feats = model.encode_points(chunk)
         hidden = model.llm(
-            inputs_embeds=embeds,
+            inputs_embeds=model.embed(batch, feats.point_tokens),
             attention_mask=batch.attention_mask,
             position_ids=position_ids(batch.attention_mask),
             output_hidden_states=True,
             use_cache=False,
         ).hidden_states  # L+1 tensors (B, T, D)
         rows = torch.arange(len(chunk), device=device)[:, None]
-        outs.append(torch.stack([h[rows, batch.point_positions].float().mean(dim=1) for h in hidden]).cpu())
-    return torch.cat(outs, dim=1)  # (L+1, N, D)
+        tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
+        pooled.append(torch.stack([t.mean(dim=1) for t in tokens]).cpu())
+        kept.append(torch.stack([tokens[layer] for layer in layers]).cpu() if layers else torch.empty(0))
+        queries.append(feats.qformer_out.float().cpu())
+    return torch.cat(pooled, dim=1), torch.cat(kept, dim=1), torch.cat(queries)
+
+
+def layer_features(model: PointAlignModel, clouds: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """(L+1, N, D): per layer, the mean hidden state of each object's point tokens."""
+    return point_states(model, clouds, (), batch_size)[0]
 
 
 def knn_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor, k: int) -> float:
@@ -87,21 +121,47 @@ def knn_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor,
     return float((torch.tensor(preds) == test_y).float().mean() * 100)
 
 
-def probe_checkpoint(
-    ckpt: Path,
-    root: Path,
-    ks: tuple[int, ...] = (1, 10),
-    train_per_class: int = 10,
-    test_limit: int | None = None,
-    file_points: int = 8192,
-) -> tuple[dict[int, list[float]], int]:
-    """One checkpoint's accuracy per layer for each K, and its alignment layer."""
+def decode_loss(
+    train_h: torch.Tensor,
+    train_q: torch.Tensor,
+    test_h: torch.Tensor,
+    test_q: torch.Tensor,
+    steps: int = 300,
+    batch_tokens: int = 1024,
+    seed: int = 0,
+) -> float:
+    """How much of PointAlign's alignment target a layer's point tokens still carry: a fresh alignment projector
+    (PointAlign's architecture) is fitted to map train tokens (N, Q, D) to their Q-Former outputs (N, Q, Dq); returns
+    its alignment loss mean(1 - cos) on the held-out test tokens (M, Q, D) -> (M, Q, Dq). 0 = fully recoverable."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        proj = AlignmentProjector(train_h.shape[-1], train_q.shape[-1])
+    x, y = train_h.flatten(0, 1), train_q.flatten(0, 1)  # (N*Q, D), (N*Q, Dq)
+    scale = x.norm(dim=-1).mean().clamp_min(1e-6)  # deep layers reach norms in the hundreds: fit on a unit scale
+    opt = torch.optim.AdamW(proj.parameters(), lr=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (min(batch_tokens, len(x)),), generator=gen)
+            loss = alignment_loss(proj(x[idx] / scale), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float(alignment_loss(proj(test_h / scale), test_q))
+
+
+def probe_checkpoint(ckpt: Path, root: Path, settings: ProbeSettings = ProbeSettings()) -> ProbeResult:
+    """One checkpoint's KNN accuracy per layer for each K, its alignment layer, and (``settings.decode_layers``) the
+    held-out loss of an alignment projector fitted at those layers."""
     from pointalign.checkpoint import load_model
 
     model, cfg = load_model(ckpt, for_inference=True)
-    folder = PointLLMFolder(root, file_points)
-    train = labelled_train_objects(root, train_per_class)
-    test_items = spread(load_items("cls-closed", root, cfg.encoder.num_points, file_points), test_limit)
+    folder = PointLLMFolder(root, settings.file_points)
+    train = labelled_train_objects(root, settings.train_per_class)
+    test_items = spread(
+        load_items("cls-closed", root, cfg.encoder.num_points, settings.file_points), settings.test_limit
+    )
     classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
     train_clouds = torch.stack(
         [reduce_points(torch.from_numpy(folder.cloud(o)), cfg.encoder.num_points) for o, _ in train]
@@ -111,41 +171,55 @@ def probe_checkpoint(
     if test_clouds[..., 3:].abs().max() == 0:  # ModelNet-format test clouds have no colour: compare like with like
         train_clouds[..., 3:] = 0.0
     test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
-    f_train, f_test = layer_features(model, train_clouds), layer_features(model, test_clouds)
-    accs = {k: [knn_accuracy(f_train[i], train_y, f_test[i], test_y, k) for i in range(f_train.shape[0])] for k in ks}
-    return accs, cfg.align.layer
+    n_states = len(decoder_layers(model.llm)) + 1
+    layers = tuple(sorted({layer % n_states for layer in settings.decode_layers}))
+    f_train, h_train, q_train = point_states(model, train_clouds, layers)
+    f_test, h_test, q_test = point_states(model, test_clouds, layers)
+    accs = {k: [knn_accuracy(f_train[i], train_y, f_test[i], test_y, k) for i in range(n_states)] for k in settings.ks}
+    decode = {
+        layer: decode_loss(h_train[j], q_train, h_test[j], q_test, settings.decode_steps)
+        for j, layer in enumerate(layers)
+    }
+    return ProbeResult(accs, cfg.align.layer, decode)
 
 
 def probe(
     checkpoints: list[Path],
     root: Path,
     out: Path,
-    ks: tuple[int, ...] = (1, 10),
-    train_per_class: int = 10,
-    test_limit: int | None = None,
-    file_points: int = 8192,
+    settings: ProbeSettings = ProbeSettings(),
     names: list[str] | None = None,
     print_fn=print,
     probe_fn=probe_checkpoint,
 ) -> list[dict]:
-    """Probe every checkpoint (``probe_fn``, e.g. a caching wrapper of ``probe_checkpoint``); writes ``probe.csv``
-    and ``probe.png`` under ``out``; returns the rows."""
+    """Probe every checkpoint (``probe_fn``, e.g. a caching wrapper of ``probe_checkpoint``); writes ``probe.csv``,
+    ``probe.png`` and, with decode layers, ``decode.csv`` under ``out``; returns the accuracy rows."""
     rows: list[dict] = []
+    decode_rows: list[dict] = []
     curves: list[tuple[str, int, list[float], int]] = []
     for n, ckpt in enumerate(checkpoints):
         label = names[n] if names else Path(ckpt).name
-        by_k, align_layer = probe_fn(ckpt, root, ks, train_per_class, test_limit, file_points)
-        for k, accs in by_k.items():
+        result = probe_fn(ckpt, root, settings)
+        for k, accs in result.accuracy.items():
             rows += [{"checkpoint": label, "k": k, "layer": layer, "accuracy": a} for layer, a in enumerate(accs)]
-            curves.append((label, k, accs, align_layer))
+            curves.append((label, k, accs, result.align_layer))
             print_fn(f"probe {label} K={k}: " + " ".join(f"{a:.0f}" for a in accs))
+        for layer, loss in result.decode.items():
+            decode_rows.append({"checkpoint": label, "layer": layer, "alignment_loss": loss})
+            print_fn(f"probe {label}: a fitted alignment projector at layer {layer} reaches 1 - cos {loss:.4f}")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "probe.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["checkpoint", "k", "layer", "accuracy"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "probe.csv", ["checkpoint", "k", "layer", "accuracy"], rows)
+    if decode_rows:
+        _write_csv(out / "decode.csv", ["checkpoint", "layer", "alignment_loss"], decode_rows)
     plot_probe(curves, out / "probe.png")
     return rows
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def plot_probe(curves: list[tuple[str, int, list[float], int]], path: Path) -> None:

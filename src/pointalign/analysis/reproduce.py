@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_checkpoint
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError
 
@@ -138,6 +139,8 @@ METRICS = [
     ("caption_meteor", "Captioning, METEOR"),
     ("probe_k1", "Probe KNN accuracy at and after the alignment layer, K=1"),
     ("probe_k10", "Probe KNN accuracy at and after the alignment layer, K=10"),
+    ("probe_loss_k1", "Probe accuracy lost since the input embeddings (input minus the mean above), K=1"),
+    ("probe_loss_k10", "Probe accuracy lost since the input embeddings (input minus the mean above), K=10"),
 ]
 
 
@@ -147,8 +150,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def reproduce(preset: str, out: Path, seeds: int = 1, data_root: Path | None = None, print_fn=print) -> dict:
     """Run the whole comparison into ``out``; returns the report dict."""
-    from pointalign.analysis.probe import probe
-
     if preset not in PLANS:
         raise ConfigError(
             f"--preset {preset!r}: reproduce runs {', '.join(PLANS)} (the paper preset: train and "
@@ -180,58 +181,65 @@ def reproduce(preset: str, out: Path, seeds: int = 1, data_root: Path | None = N
     )
     scores = {k: [evaluate_model(p, root, file_points, plan, print_fn) for p in v] for k, v in runs.items()}
     legacy_scores = evaluate_model(legacy, root, file_points, plan, print_fn)
-    settings = (root, (1, 10), plan.probe_train_per_class, plan.probe_test_limit, file_points)
     align_layer = _align_layer(runs["pointalign"][0])
-    accs = {ckpt: cached_probe(ckpt, *settings)[0] for ckpt in [*runs["baseline"], *runs["pointalign"], legacy]}
+    settings = ProbeSettings(
+        train_per_class=plan.probe_train_per_class,
+        test_limit=plan.probe_test_limit,
+        file_points=file_points,
+        decode_layers=(0, align_layer, -1),  # input embeddings, the alignment layer, the last layer
+    )
+    results = {ckpt: cached_probe(ckpt, root, settings) for ckpt in [*runs["baseline"], *runs["pointalign"], legacy]}
     for name in runs:  # the probe of every seed's models, for the mean and spread over seeds
         for ckpt, score in zip(runs[name], scores[name]):
-            score.update(probe_scores(accs[ckpt], align_layer))
-    legacy_scores.update(probe_scores(accs[legacy], align_layer))
+            score.update(probe_scores(results[ckpt], align_layer))
+    legacy_scores.update(probe_scores(results[legacy], align_layer))
     seed0 = {"baseline": runs["baseline"][0], "pointalign": runs["pointalign"][0], "legacy-span": legacy}
     probe(  # seed 0's curves: probe.csv and probe.png, from the accuracies above
         list(seed0.values()),
         root,
         out / "probe",
+        settings,
         names=list(seed0),
         print_fn=print_fn,
-        probe_fn=lambda ckpt, *_: (accs[ckpt], align_layer),
+        probe_fn=lambda ckpt, *_: results[ckpt],
     )
-    probe_table = {name: probe_summary(accs[ckpt], align_layer) for name, ckpt in seed0.items()}
+    probe_table = {name: probe_summary(results[ckpt].accuracy, align_layer) for name, ckpt in seed0.items()}
     report = build_report(preset, seeds, scores, legacy_scores, align_layer, plan)
     report["probe"] = {
         "train_per_class": plan.probe_train_per_class,
         "test_objects": plan.probe_test_limit or "all",
         "summary": probe_table,
     }
+    traces = [t for t in map(alignment_trace, runs["pointalign"]) if t is not None]
+    if traces:
+        report["alignment_loss"] = {
+            "runs": len(traces),
+            "first": _mean_std([t["first"] for t in traces]),
+            "last": _mean_std([t["last"] for t in traces]),
+        }
     write_report(out, report)
     print_fn((out / "report.md").read_text())
     return report
 
 
-def cached_probe(
-    ckpt: Path, root: Path, ks: tuple[int, ...], train_per_class: int, test_limit: int | None, file_points: int
-) -> tuple[dict[int, list[float]], int]:
+def cached_probe(ckpt: Path, root: Path, settings: ProbeSettings) -> ProbeResult:
     """``probe_checkpoint``, kept in ``<ckpt>/evaluation/probe.json`` and reused while its settings match."""
-    from pointalign.analysis.probe import probe_checkpoint
-
     path = ckpt / "evaluation" / "probe.json"
-    settings = {
-        "root": str(root),
-        "ks": list(ks),
-        "train_per_class": train_per_class,
-        "test_limit": test_limit,
-        "file_points": file_points,
-    }
+    key = {"root": str(root), **json.loads(json.dumps(asdict(settings)))}  # tuples as lists, as read back
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved["settings"] == settings:
-            return {int(k): v for k, v in saved["accuracy"].items()}, saved["align_layer"]
-    accs, layer = probe_checkpoint(ckpt, root, ks, train_per_class, test_limit, file_points)
+        if saved["settings"] == key:
+            return ProbeResult(
+                {int(k): v for k, v in saved["accuracy"].items()},
+                saved["align_layer"],
+                {int(k): v for k, v in saved["decode"].items()},
+            )
+    result = probe_checkpoint(ckpt, root, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"settings": settings, "align_layer": layer, "accuracy": accs}, indent=1))
+    tmp.write_text(json.dumps({"settings": key, **asdict(result)}, indent=1))
     tmp.replace(path)
-    return accs, layer
+    return result
 
 
 def mean_from(accs: list[float], align_layer: int) -> float:
@@ -239,9 +247,30 @@ def mean_from(accs: list[float], align_layer: int) -> float:
     return statistics.fmean(accs[align_layer:])
 
 
-def probe_scores(by_k: dict[int, list[float]], align_layer: int) -> dict[str, float]:
-    """The report's probe metrics of one checkpoint: ``probe_k{K}`` = ``mean_from`` for each K."""
-    return {f"probe_k{k}": mean_from(accs, align_layer) for k, accs in by_k.items()}
+def probe_scores(result: ProbeResult, align_layer: int) -> dict[str, float]:
+    """The report's probe metrics of one checkpoint: for each K, ``probe_k{K}`` = ``mean_from`` and
+    ``probe_loss_k{K}`` = the accuracy at the input embeddings minus that mean (> 0: the LLM loses class information
+    the point tokens had when they entered it); for each decode layer, ``decode_l{layer}`` = the held-out loss of an
+    alignment projector fitted there."""
+    scores = {}
+    for k, accs in result.accuracy.items():
+        scores[f"probe_k{k}"] = mean_from(accs, align_layer)
+        scores[f"probe_loss_k{k}"] = accs[0] - scores[f"probe_k{k}"]
+    for layer, loss in result.decode.items():
+        scores[f"decode_l{layer}"] = loss
+    return scores
+
+
+def alignment_trace(ckpt: Path, last: int = 10) -> dict[str, float] | None:
+    """The alignment loss of a PointAlign run from its metrics log: the first logged value and the mean of the last
+    ``last`` ones; None when the run left no log with an alignment loss."""
+    log = ckpt.parent / "logs" / ckpt.name / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    values = [r["align_loss"] for r in map(json.loads, log.read_text().splitlines()) if "align_loss" in r]
+    if not values:
+        return None
+    return {"first": values[0], "last": statistics.fmean(values[-last:])}
 
 
 def probe_summary(by_k: dict[int, list[float]], align_layer: int) -> dict[int, dict[str, float]]:
@@ -252,6 +281,11 @@ def probe_summary(by_k: dict[int, list[float]], align_layer: int) -> dict[int, d
     }
 
 
+def _decode_label(layer: int) -> str:
+    where = "the input embeddings" if layer == 0 else f"layer {layer}"
+    return f"Alignment loss (1 - cos, held out) of a projector fitted to the point tokens of {where}"
+
+
 def _align_layer(ckpt: Path) -> int:
     from pointalign.checkpoint import read_checkpoint_meta
 
@@ -260,7 +294,8 @@ def _align_layer(ckpt: Path) -> int:
 
 def build_report(preset: str, seeds: int, scores: dict, legacy: dict, align_layer: int, plan: Plan) -> dict:
     rows = []
-    for key, label in METRICS:
+    decode = sorted({k for s in scores["baseline"] for k in s if k.startswith("decode_l")}, key=lambda k: int(k[8:]))
+    for key, label in [*METRICS, *[(k, _decode_label(int(k[8:]))) for k in decode]]:
         b = [s[key] for s in scores["baseline"] if key in s]
         p = [s[key] for s in scores["pointalign"] if key in s]
         if not b or not p:
@@ -303,10 +338,12 @@ def write_report(out: Path, report: dict) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        legacy = f"{r['legacy_span']:.2f}" if r["legacy_span"] is not None else "-"
+        f = "{:.4f}" if r["metric"].startswith("decode_l") else "{:.2f}"  # losses near 0 need more digits
+        legacy = f.format(r["legacy_span"]) if r["legacy_span"] is not None else "-"
         lines.append(
-            f"| {r['label']} | {r['baseline_mean']:.2f} +- {r['baseline_std']:.2f} | "
-            f"{r['pointalign_mean']:.2f} +- {r['pointalign_std']:.2f} | {r['delta']:+.2f} | {legacy} |"
+            f"| {r['label']} | {f.format(r['baseline_mean'])} +- {f.format(r['baseline_std'])} | "
+            f"{f.format(r['pointalign_mean'])} +- {f.format(r['pointalign_std'])} | "
+            f"{'+' if r['delta'] >= 0 else '-'}{f.format(abs(r['delta']))} | {legacy} |"
         )
     if "probe" in report:
         p = report["probe"]
@@ -326,6 +363,16 @@ def write_report(out: Path, report: dict) -> None:
                 lines.append(
                     f"| {name} | {k} | {a['input']:.2f} | {a['align']:.2f} | {a['last']:.2f} | {a['after']:.2f} |"
                 )
+    if "alignment_loss" in report:
+        a = report["alignment_loss"]
+        lines += [
+            "",
+            f"Alignment loss (1 - cos) of the PointAlign runs ({a['runs']}; mean +- std): "
+            f"{a['first'][0]:.3f} +- {a['first'][1]:.3f} at the first step, {a['last'][0]:.3f} +- {a['last'][1]:.3f} "
+            "over the last 10 logged steps. When this loss ends low and the baseline loses no probe accuracy, the "
+            "point tokens at the alignment layer already carried the Q-Former outputs and the loss had little to "
+            "correct.",
+        ]
     lines.append("")
     (out / "report.md").write_text("\n".join(lines))
 
