@@ -9,6 +9,7 @@ from pointalign.models.point_encoder import (
     group_points,
     knn,
     load_point_bert_checkpoint,
+    reduce_points,
 )
 
 B, N, G, K = 2, 64, 8, 5
@@ -37,6 +38,14 @@ def test_fps_deterministic_and_random_start():
     gen = torch.Generator().manual_seed(3)
     rnd = farthest_point_sample(xyz, G, start="random", generator=gen)
     assert rnd.shape == (B, G) and len(set(rnd[0].tolist())) == G
+
+
+def test_reduce_points_keeps_the_fps_subset_with_every_channel():
+    cloud = torch.rand(N, 6, dtype=torch.float64)  # (N, xyz + rgb)
+    small = reduce_points(cloud, G)
+    assert small.shape == (G, 6)
+    assert torch.equal(small, cloud[brute_fps(cloud[:, :3].numpy(), G)])
+    assert reduce_points(cloud, N) is cloud and reduce_points(cloud, N + 5) is cloud  # nothing to reduce
 
 
 def test_fps_too_many_centres():

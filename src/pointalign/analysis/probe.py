@@ -27,9 +27,10 @@ import torch
 
 from pointalign.data.readers import PointLLMFolder
 from pointalign.errors import DataError
-from pointalign.eval.tasks import load_items, reduce_points, spread
+from pointalign.eval.tasks import load_items, spread
 from pointalign.losses import alignment_loss
 from pointalign.models.llm import decoder_layers
+from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel, position_ids
 from pointalign.models.projector import AlignmentProjector
 

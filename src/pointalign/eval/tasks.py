@@ -32,7 +32,7 @@ from pointalign.data.readers import (
 )
 from pointalign.data.synth import SHAPE_NAMES_FILE, VAL_GT_FILE, modelnet_file
 from pointalign.errors import ConfigError, DataError
-from pointalign.models.point_encoder import farthest_point_sample
+from pointalign.models.point_encoder import reduce_points
 
 PROMPTS = ["What is this?", "This is an object of ", "Caption this 3D model in detail."]
 Task = Literal["cls-closed", "cls-open", "caption"]
@@ -53,12 +53,6 @@ class EvalItem:
     ground_truth: str | int
     points: Callable[[], torch.Tensor]  # (P, 6) cloud, loaded when needed
     label_name: str | None = None
-
-
-def reduce_points(cloud: torch.Tensor, num_points: int) -> torch.Tensor:
-    if cloud.shape[0] > num_points:
-        cloud = cloud[farthest_point_sample(cloud[None, :, :3], num_points)[0]]
-    return cloud
 
 
 def load_items(task: str, root: Path, num_points: int, file_points: int = 8192) -> list[EvalItem]:

@@ -53,6 +53,14 @@ def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", g
     return idx
 
 
+def reduce_points(cloud: Tensor, num_points: int) -> Tensor:
+    """A cloud (N, C) with N > ``num_points`` reduced to (num_points, C) by farthest point sampling on xyz from point
+    0 (deterministic); smaller clouds are returned as they are. Training, evaluation and the probe all use it."""
+    if cloud.shape[0] > num_points:
+        cloud = cloud[farthest_point_sample(cloud[None, :, :3], num_points)[0]]
+    return cloud
+
+
 def knn(query: Tensor, points: Tensor, k: int) -> Tensor:
     """Indices of the k nearest ``points`` to each ``query`` (squared euclidean), nearest first.
 

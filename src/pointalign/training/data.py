@@ -19,7 +19,7 @@ import torch
 
 from pointalign.data.readers import PointLLMFolder, Record, downsample
 from pointalign.errors import DataError
-from pointalign.models.point_encoder import farthest_point_sample
+from pointalign.models.point_encoder import reduce_points
 from pointalign.training.config import DATASET_FILES, DataConfig
 
 
@@ -48,9 +48,7 @@ class PointStore:
         cloud = self.folder.cloud(object_id)
         if cloud.shape[0] > self.num_points:
             if self.resample == "fps":
-                t = torch.from_numpy(cloud)[None]
-                idx = farthest_point_sample(t[..., :3], self.num_points)[0]
-                cloud = cloud[idx.numpy()]
+                cloud = reduce_points(torch.from_numpy(cloud), self.num_points).numpy()
             else:
                 cloud = downsample(cloud, self.num_points, "random", seed=0)
         elif cloud.shape[0] < self.num_points:
