@@ -81,3 +81,26 @@ def test_probe_writes_csv_and_png(tiny_model, tiny_config, tiny_data, tmp_path):
     ]
     assert all(0.0 <= float(r["alignment_loss"]) <= 2.0 for r in decode)
     assert len(labelled_train_objects(tiny_data, 1)) == 40
+
+
+def test_probe_cli_with_decode_layers(tiny_model, tiny_config, tiny_data, tmp_path, capsys):
+    from pointalign.cli import main
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ck", tiny_config, what="full")
+    out = tmp_path / "probe"
+    args = ["probe", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--out", str(out)]
+    args += ["--train-per-class", "1", "--test-limit", "4", "--file-points", "256", "--k", "1"]
+    assert main([*args, "--decode-layers", "0", "-1"]) == 0
+    assert "decode.csv" in capsys.readouterr().out
+    with open(out / "decode.csv") as f:
+        assert [int(r["layer"]) for r in csv.DictReader(f)] == [0, len(tiny_model.llm.get_base_model().model.layers)]
+
+
+def test_probe_cli_missing_checkpoint_writes_nothing(tiny_data, tmp_path, capsys):
+    from pointalign.cli import main
+
+    out = tmp_path / "probe"
+    args = ["probe", "--checkpoint", str(tmp_path / "nowhere"), "--data-root", str(tiny_data), "--out", str(out)]
+    assert main(args) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not out.exists()
