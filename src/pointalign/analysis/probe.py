@@ -99,9 +99,10 @@ def point_states(
         rows = torch.arange(len(chunk), device=device)[:, None]
         tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
         pooled.append(torch.stack([t.mean(dim=1) for t in tokens]).cpu())
-        kept.append(torch.stack([tokens[layer] for layer in layers]).cpu() if layers else torch.empty(0))
+        if layers:
+            kept.append(torch.stack([tokens[layer] for layer in layers]).cpu())
         queries.append(feats.qformer_out.float().cpu())
-    return torch.cat(pooled, dim=1), torch.cat(kept, dim=1), torch.cat(queries)
+    return torch.cat(pooled, dim=1), torch.cat(kept, dim=1) if layers else torch.empty(0), torch.cat(queries)
 
 
 def layer_features(model: PointAlignModel, clouds: torch.Tensor, batch_size: int = 16) -> torch.Tensor:

@@ -25,6 +25,8 @@ from pointalign.errors import ConfigError
 
 EVAL_RUNS = [("cls-closed", 0), ("cls-closed", 1), ("cls-open", 0), ("cls-open", 1), ("caption", 2)]
 STAGE1 = ["stage0", "stage1a", "stage1b", "stage1c"]
+DECODE = "decode_l"  # score key prefix of the fitted-projector loss at a layer: decode_l{layer}
+TRACE_LAST = 10  # the report's final alignment loss: the mean of this many last logged steps
 
 
 @dataclass
@@ -210,10 +212,11 @@ def reproduce(preset: str, out: Path, seeds: int = 1, data_root: Path | None = N
         "test_objects": plan.probe_test_limit or "all",
         "summary": probe_table,
     }
-    traces = [t for t in map(alignment_trace, runs["pointalign"]) if t is not None]
+    traces = [t for t in (alignment_trace(c, TRACE_LAST) for c in runs["pointalign"]) if t is not None]
     if traces:
         report["alignment_loss"] = {
             "runs": len(traces),
+            "last_steps": TRACE_LAST,
             "first": _mean_std([t["first"] for t in traces]),
             "last": _mean_std([t["last"] for t in traces]),
         }
@@ -257,11 +260,11 @@ def probe_scores(result: ProbeResult, align_layer: int) -> dict[str, float]:
         scores[f"probe_k{k}"] = mean_from(accs, align_layer)
         scores[f"probe_loss_k{k}"] = accs[0] - scores[f"probe_k{k}"]
     for layer, loss in result.decode.items():
-        scores[f"decode_l{layer}"] = loss
+        scores[f"{DECODE}{layer}"] = loss
     return scores
 
 
-def alignment_trace(ckpt: Path, last: int = 10) -> dict[str, float] | None:
+def alignment_trace(ckpt: Path, last: int = TRACE_LAST) -> dict[str, float] | None:
     """The alignment loss of a PointAlign run from its metrics log: the first logged value and the mean of the last
     ``last`` ones; None when the run left no log with an alignment loss."""
     log = ckpt.parent / "logs" / ckpt.name / "metrics.jsonl"
@@ -294,8 +297,8 @@ def _align_layer(ckpt: Path) -> int:
 
 def build_report(preset: str, seeds: int, scores: dict, legacy: dict, align_layer: int, plan: Plan) -> dict:
     rows = []
-    decode = sorted({k for s in scores["baseline"] for k in s if k.startswith("decode_l")}, key=lambda k: int(k[8:]))
-    for key, label in [*METRICS, *[(k, _decode_label(int(k[8:]))) for k in decode]]:
+    layers = sorted({int(k.removeprefix(DECODE)) for s in scores["baseline"] for k in s if k.startswith(DECODE)})
+    for key, label in [*METRICS, *[(f"{DECODE}{layer}", _decode_label(layer)) for layer in layers]]:
         b = [s[key] for s in scores["baseline"] if key in s]
         p = [s[key] for s in scores["pointalign"] if key in s]
         if not b or not p:
@@ -338,7 +341,7 @@ def write_report(out: Path, report: dict) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        f = "{:.4f}" if r["metric"].startswith("decode_l") else "{:.2f}"  # losses near 0 need more digits
+        f = "{:.4f}" if r["metric"].startswith(DECODE) else "{:.2f}"  # losses near 0 need more digits
         legacy = f.format(r["legacy_span"]) if r["legacy_span"] is not None else "-"
         lines.append(
             f"| {r['label']} | {f.format(r['baseline_mean'])} +- {f.format(r['baseline_std'])} | "
@@ -369,9 +372,9 @@ def write_report(out: Path, report: dict) -> None:
             "",
             f"Alignment loss (1 - cos) of the PointAlign runs ({a['runs']}; mean +- std): "
             f"{a['first'][0]:.3f} +- {a['first'][1]:.3f} at the first step, {a['last'][0]:.3f} +- {a['last'][1]:.3f} "
-            "over the last 10 logged steps. When this loss ends low and the baseline loses no probe accuracy, the "
-            "point tokens at the alignment layer already carried the Q-Former outputs and the loss had little to "
-            "correct.",
+            f"over the last {a['last_steps']} logged steps. When this loss ends low and the baseline loses no probe "
+            "accuracy, the point tokens at the alignment layer already carried the Q-Former outputs and the loss had "
+            "little to correct.",
         ]
     lines.append("")
     (out / "report.md").write_text("\n".join(lines))
