@@ -168,3 +168,43 @@ def test_unknown_precision_is_refused(tiny_data, tmp_path, capsys):
     assert main(args) == 2
     assert "precision" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cloud_keys_mark_xyz_only_clouds(tiny_data):
+    from pointalign.data.readers import PointLLMFolder
+    from pointalign.training.data import PointStore
+    from pointalign.training.loop import XYZ_ONLY, cloud_keys, clouds_for
+
+    ids = [f"o{i}" for i in range(200)]
+    assert cloud_keys(ids, 0.0) == ids
+    torch.manual_seed(0)
+    keys = cloud_keys(ids, 0.5)
+    marked = sum(k.endswith(XYZ_ONLY) for k in keys)
+    assert 60 < marked < 140 and [k.removesuffix(XYZ_ONLY) for k in keys] == ids
+    assert all(k.endswith(XYZ_ONLY) for k in cloud_keys(ids, 1.0))
+    store = PointStore(PointLLMFolder(tiny_data, 256), 256, "fps")
+    oid = next(p.name.split("_")[0] for p in (tiny_data / "objaverse_data").iterdir())
+    plain, xyz = clouds_for(store, [oid, oid + XYZ_ONLY])
+    assert plain[:, 3:].abs().sum() > 0 and torch.equal(xyz[:, 3:], torch.zeros_like(xyz[:, 3:]))
+    assert torch.equal(plain[:, :3], xyz[:, :3])
+    assert store.get(oid)[:, 3:].abs().sum() > 0  # the stored cloud keeps its colours
+
+
+def test_colour_dropout_with_the_feature_cache_gives_the_same_losses(chain, tiny_data, tmp_path):
+    losses = {}
+    for kind in ("none", "memory"):
+        torch.manual_seed(0)
+        cfg = load_train_config(
+            CONFIGS / "stage2.yaml", [f"data.root={tiny_data}", f"cache.kind={kind}", "data.colour_dropout=0.5"]
+        )
+        run = setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu")))
+        run.model.train()
+        losses[kind] = [train_step(run, run.model)["loss"] for _ in range(4)]
+    assert losses["none"] == pytest.approx(losses["memory"], rel=1e-5, abs=1e-6)
+
+
+def test_bad_colour_dropout_is_refused(tiny_data, tmp_path, capsys):
+    args = ["train", str(CONFIGS / "stage1a.yaml"), "--out", str(tmp_path), f"data.root={tiny_data}"]
+    assert main([*args, "data.colour_dropout=1.5"]) == 2
+    assert "data.colour_dropout" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -52,12 +52,17 @@ class DataConfig:
     mixture: tuple[DataSource, ...] = (DataSource("brief", 8),)
     fraction: float = 1.0  # train on a deterministic subset of each dataset (data-efficiency study)
     fraction_seed: int = 0  # which subset: the same seed gives the same objects for every run
+    # Zero a training cloud's colours with this probability, so that the model also learns from xyz-only clouds
+    # (ModelNet40's test clouds, and many users' scans, have no colour). The answer text is left as it is.
+    colour_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.mixture:
             raise ConfigError("data.mixture: needs at least one dataset")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"data.fraction: must be in (0, 1], got {self.fraction}")
+        if not 0.0 <= self.colour_dropout <= 1.0:
+            raise ConfigError(f"data.colour_dropout: must be in [0, 1], got {self.colour_dropout}")
 
 
 @dataclass

@@ -221,19 +221,40 @@ def autocast(run: StageRun) -> contextlib.AbstractContextManager:
     return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
 
 
+XYZ_ONLY = "#xyz"  # suffix of a cloud key whose colours are zeroed (and of its feature-cache entry)
+
+
+def cloud_keys(object_ids: list[str], colour_dropout: float) -> list[str]:
+    """The objects' cloud keys, each marked xyz-only with probability ``colour_dropout`` (torch's RNG, so a resumed
+    run draws the same; nothing is drawn when the probability is 0)."""
+    if colour_dropout <= 0.0:
+        return list(object_ids)
+    drop = (torch.rand(len(object_ids)) < colour_dropout).tolist()
+    return [f"{oid}{XYZ_ONLY}" if d else oid for oid, d in zip(object_ids, drop)]
+
+
+def clouds_for(store: PointStore, keys: list[str]) -> torch.Tensor:
+    """(B, P, 6) clouds of ``cloud_keys``; xyz-only keys get zero colours."""
+    points = store.batch([k.removesuffix(XYZ_ONLY) for k in keys]).clone()
+    for i, k in enumerate(keys):
+        if k.endswith(XYZ_ONLY):
+            points[i, :, 3:] = 0.0
+    return points
+
+
 def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     """One optimizer step of an instruction stage; returns the metrics of the step."""
     name, records = run.data.next_batch()
     builder = run.model.builder
     batch = builder.collate([builder.encode(r.turns) for r in records], padding_side="right").to(run.dist.device)
-    ids = [r.object_id for r in records]
+    keys = cloud_keys([r.object_id for r in records], run.cfg.data.colour_dropout)
     with autocast(run):
         if run.cache is not None:
-            feats = run.cache.features(ids, run.store.batch)
+            feats = run.cache.features(keys, lambda ks: clouds_for(run.store, ks))
             feats = type(feats)(feats.qformer_out.to(run.dist.device), feats.point_tokens.to(run.dist.device))
             out = forward(batch, features=feats)
         else:
-            out = forward(batch, points=run.store.batch(ids).to(run.dist.device))
+            out = forward(batch, points=clouds_for(run.store, keys).to(run.dist.device))
     run.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if run.cfg.optim.grad_clip is not None:
