@@ -30,8 +30,6 @@ PROBE_OUT = 1536  # its MLP's intermediate width
 PROBE_WARMUP = 2  # untimed rounds of each precision (kernel selection, allocator)
 PROBE_REPEATS = 5  # timed rounds of each precision; the median is kept
 
-_MEASURED: dict[str, PrecisionChoice] = {}  # str(device) -> the auto decision, once per process
-
 
 @dataclass(frozen=True)
 class PrecisionChoice:
@@ -53,20 +51,23 @@ class PrecisionChoice:
         return line
 
 
+_MEASURED: dict[str, PrecisionChoice] = {}  # str(device) -> the auto decision, once per process
+
+
 def choose_precision(
-    fp32_ms: float | None, bf16_ms: float | None, bf16_supported: bool, where: str = "", margin: float = BF16_MARGIN
+    fp32_ms: float | None, bf16_ms: float | None, supported: bool, where: str = "", margin: float = BF16_MARGIN
 ) -> PrecisionChoice:
     """The decision from the two timings: bf16 only when supported and faster than fp32 by ``margin``.
 
     Args:
         fp32_ms: Median probe time in fp32 (None when bf16 is unsupported and nothing was timed).
         bf16_ms: Median probe time under bf16 autocast.
-        bf16_supported: False where the device has no bf16 (an older GPU); fp32 then, whatever the timings.
+        supported: False where the device has no bf16 (an older GPU); fp32 then, whatever the timings.
         where: The device (and CPU capability) for the reason text.
         margin: bf16 must be at least ``1 + margin`` times faster.
     """
     on = f" on {where}" if where else ""
-    if not bf16_supported:
+    if not supported:
         return PrecisionChoice("fp32", fp32_ms, bf16_ms, f"bf16 is not supported{on}")
     if fp32_ms is None or bf16_ms is None:
         raise ValueError("choose_precision: both timings are needed where bf16 is supported")
