@@ -4,8 +4,9 @@
 
 Builds the stage's model twice from the same seed (vision side and LLM as the stage trains them, no feature
 cache), trains both on the same sequence of batches with the two precisions alternating step by step, and prints
-the median step time of each, their ratio, and the largest difference between the two runs' losses. The data is a
-small embedded dataset generated into a temporary folder.
+the median step time of each, their ratio, and the largest difference between the two runs' losses, then what
+``precision: auto`` chooses on this host (its own short matmul probe, training/precision.py). The data is a small
+embedded dataset generated into a temporary folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pointalign.data.synth import synthesize
 from pointalign.training.config import CacheConfig, DataConfig, DataSource, OptimConfig, TrainConfig
 from pointalign.training.distributed import DistInfo
 from pointalign.training.loop import setup, train_step
+from pointalign.training.precision import auto_precision
 from pointalign.training.stages import STAGES
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -78,6 +80,7 @@ def main() -> None:
         f"  losses over {len(losses['fp32'])} steps: fp32 {losses['fp32'][0]:.3f} -> {losses['fp32'][-1]:.3f}, "
         f"bf16 {losses['bf16'][0]:.3f} -> {losses['bf16'][-1]:.3f}, largest difference {gap:.3f}"
     )
+    print(f"  {auto_precision(CPU.device).describe()}")
 
 
 if __name__ == "__main__":

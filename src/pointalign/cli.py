@@ -65,7 +65,7 @@ def quickstart(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from pointalign.training.config import load_train_config
-    from pointalign.training.loop import run_stage
+    from pointalign.training.run import run_stage
 
     overrides = list(args.overrides)
     if args.data_fraction is not None:

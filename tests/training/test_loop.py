@@ -9,7 +9,9 @@ from pointalign.checkpoint import load_model
 from pointalign.cli import main
 from pointalign.training.config import load_train_config
 from pointalign.training.distributed import DistInfo
-from pointalign.training.loop import run_stage, setup, train_step
+from pointalign.training.loop import setup, train_step
+from pointalign.training.precision import PrecisionChoice
+from pointalign.training.run import run_stage
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 STAGES = ["stage0", "stage1a", "stage1b", "stage1c", "stage2", "stage2-baseline"]
@@ -116,6 +118,15 @@ def test_cache_refused_when_vision_trains(chain, tiny_data, capsys):
 def test_run_stage_returns_folder(chain, tiny_data):
     cfg = load_train_config(CONFIGS / "stage2.yaml", [f"data.root={tiny_data}"])
     assert run_stage(cfg, chain, print_fn=lambda *_: None) == chain / "stage2"
+
+
+def test_the_feature_cache_key_holds_the_resolved_precision(chain, tiny_data):
+    def key(precision, resolved=None):
+        cfg = load_train_config(CONFIGS / "stage2.yaml", [f"data.root={tiny_data}", f"precision={precision}"])
+        given = PrecisionChoice(resolved, 1.0, 1.0, "test") if resolved else None
+        return setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu")), given).cache.key
+
+    assert key("auto", "bf16") == key("bf16") != key("fp32") == key("auto", "fp32")
 
 
 def test_data_fraction_flag(chain, tiny_data, tmp_path):

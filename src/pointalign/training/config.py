@@ -146,7 +146,9 @@ class TrainConfig:
     seed: int = 42
     # "bf16": forward passes under torch.autocast(bfloat16) (weights, gradients and optimizer state stay in their
     # own dtype, normally fp32); about twice as fast on CPUs with AVX512-BF16/AMX and on GPUs. "fp32": no autocast.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # "auto": at start-up time a representative matmul in both on the run's device and take bf16 only where it is
+    # clearly faster (training/precision.py); the choice is logged and kept in trainer_state.json.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     checkpoint_every: int = 50  # write a resumable checkpoint every N steps (and at the end)
 
     def __post_init__(self) -> None:
@@ -156,8 +158,8 @@ class TrainConfig:
             self.trainable = dataclasses.replace(STAGES[self.stage])
         if self.checkpoint_every <= 0:
             raise ConfigError("checkpoint_every: must be > 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision: 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"precision: 'fp32', 'bf16' or 'auto', got {self.precision!r}")
 
     @property
     def name(self) -> str:

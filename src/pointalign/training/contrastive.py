@@ -8,13 +8,17 @@ format: xyz only, colour 0) compares each cloud's embedding with the embeddings 
 With ``contrastive.qformer``, the bridge and the Q-Former train as well, by BLIP-2's image-text contrastive loss:
 each query output is projected to the text width and a cloud's score for a caption is its best query's. The two
 InfoNCE losses are added; the Q-Former's does not flow back into the encoder.
+
+``CONTRASTIVE`` is the stage kind (set-up, step, closing report) that ``training/run.py`` hands to the loop.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +30,12 @@ from pointalign.errors import ConfigError
 from pointalign.eval.tasks import load_items
 from pointalign.models.pointalign import PointAlignModel
 from pointalign.text_encoder import embed_texts
+from pointalign.training.config import TrainConfig
 from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo
-from pointalign.training.loop import StageRun, autocast, build_stage_model
+from pointalign.training.loop import StageKind, StageRun, autocast, build_stage_model
 from pointalign.training.optim import build_optimizer
+from pointalign.training.precision import PrecisionChoice, resolve_precision
 
 ZERO_SHOT_TEMPLATE = "a 3D model of a {}."
 
@@ -100,7 +106,11 @@ def load_test_split(root: Path, points: int, file_points: int) -> tuple[torch.Te
     return torch.stack([it.points() for it in items]), torch.tensor([int(it.ground_truth) for it in items]), names
 
 
-def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
+def setup_contrastive(
+    cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoice | None = None
+) -> StageRun:
+    """Stage 0's run; ``precision`` None resolves ``cfg.precision`` here (``auto`` measures)."""
+    precision = precision or resolve_precision(cfg.precision, dist)
     torch.manual_seed(cfg.seed + dist.rank)
     model, model_cfg, parent = build_stage_model(cfg, out)
     model.to(dist.device)
@@ -126,6 +136,7 @@ def setup_contrastive(cfg, out: Path, dist: DistInfo) -> StageRun:
         data,
         store,
         None,
+        precision,
         extra_modules={"head": head, **({"query_head": query_head} if query_head is not None else {})},
     )
     captions = sorted({r.turns[0][1] for _, recs in data.sources for r in recs})
@@ -197,7 +208,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     return metrics
 
 
-def final_report(run: StageRun, print_fn) -> None:
+def final_report(run: StageRun, print_fn: Callable[[str], Any]) -> None:
     if not run.dist.main:
         return
     accs = zero_shot_accuracy(run)
@@ -211,3 +222,6 @@ def final_report(run: StageRun, print_fn) -> None:
             f"{run.cfg.name}: zero-shot accuracy on the test split from {where} embedding {acc:.2f}% "
             f"(chance {chance:.2f}%)"
         )
+
+
+CONTRASTIVE = StageKind(setup_contrastive, contrastive_step, final_report)

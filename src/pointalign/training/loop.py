@@ -1,8 +1,11 @@
 """The training loop for every stage: plain PyTorch, resumable, the same code under ``torchrun`` (DDP).
 
-``run_stage(cfg, out)`` writes ``<out>/<stage>/``: a checkpoint folder (trainable tensors + config, its ``parent``
-the stage it started from) plus the trainer state (step, optimizer, RNG and data position), replaced atomically every
-``checkpoint_every`` steps and at the end. Metrics go to ``<out>/logs/<stage>/metrics.jsonl``.
+``train_stage(kind, cfg, out)`` writes ``<out>/<stage>/``: a checkpoint folder (trainable tensors + config, its
+``parent`` the stage it started from) plus the trainer state (step, optimizer, RNG, data position and the precision
+the run uses), replaced atomically every ``checkpoint_every`` steps and at the end. Metrics go to
+``<out>/logs/<stage>/metrics.jsonl``. A ``StageKind`` names a kind's set-up, step and closing report: ``INSTRUCT``
+here for stages 1-2, ``CONTRASTIVE`` in ``training/contrastive.py`` for stage 0, which builds on this module (this
+module never imports it); ``training/run.py``'s ``run_stage`` picks the kind from ``cfg.kind``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from pointalign.training.feature_cache import FeatureCache, vision_is_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
+from pointalign.training.precision import PrecisionChoice, resolve_precision
 from pointalign.training.stages import apply_trainable
 
 TRAINER_STATE = "trainer_state.json"
@@ -130,6 +134,7 @@ class StageRun:
     data: MixtureData
     store: PointStore
     cache: FeatureCache | None
+    precision: PrecisionChoice  # what the forward passes run in (``auto`` resolved)
     step: int = 0
     extra_modules: dict[str, nn.Module] = field(default_factory=dict)  # e.g. stage 0's projection head
     aux: dict[str, Any] = field(default_factory=dict)  # per-kind working state (stage 0: text bank, test split)
@@ -155,6 +160,7 @@ def save_run(run: StageRun, complete: bool) -> None:
             "complete": complete,
             "data": run.data.state_dict(),
             "train_config": run.cfg.to_dict(),
+            "precision": run.precision.chosen,
         }
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
         torch.save(
@@ -194,7 +200,9 @@ def restore_run(run: StageRun, state: dict[str, Any]) -> None:
 # Setup and fit (instruction stages 1-2)
 
 
-def setup(cfg: TrainConfig, out: Path, dist: DistInfo) -> StageRun:
+def setup(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoice | None = None) -> StageRun:
+    """An instruction stage's run; ``precision`` None resolves ``cfg.precision`` here (``auto`` measures)."""
+    precision = precision or resolve_precision(cfg.precision, dist)
     torch.manual_seed(cfg.seed + dist.rank)
     model, model_cfg, parent = build_stage_model(cfg, out)
     model.to(dist.device)
@@ -205,18 +213,17 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo) -> StageRun:
     if cfg.cache.kind in ("memory", "disk") or (cfg.cache.kind == "auto" and frozen and cfg.kind == "instruct"):
         if not frozen:
             raise ConfigError(f"cache.kind={cfg.cache.kind}: the vision side trains in this stage; use cache.kind=off")
-        extra = (
-            f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}|{cfg.precision}"
-        )
+        points = f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}"
+        extra = f"{points}|{precision.chosen}"  # the resolved precision: an "auto" run keys by what it ran in
         disk = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
         cache = FeatureCache(model, "disk" if cfg.cache.kind == "disk" else "memory", extra, disk)
     optimizer = build_optimizer(model, cfg.optim)
-    return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache)
+    return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache, precision)
 
 
 def autocast(run: StageRun) -> contextlib.AbstractContextManager:
     """The forward pass's autocast context for the run's ``precision`` (a no-op for fp32)."""
-    if run.cfg.precision == "fp32":
+    if run.precision.chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
 
@@ -285,6 +292,7 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
     log = MetricsLog(run.out / "logs" / cfg.name, run.dist.main, cfg.log.tensorboard, run.step)
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=cfg.name, disable=None if run.dist.main else True)
     run.model.train()
+    first_line = True  # the first metrics line of this process also records the precision
     try:
         while run.step < cfg.optim.steps:
             lr = lr_at(run.step, cfg.optim)
@@ -302,7 +310,8 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
                 "tokens_per_s": metrics.get("tokens", 0) / elapsed,
             }
             if run.step % cfg.log.every == 0 or run.step == cfg.optim.steps:
-                log.write(record)
+                log.write({**record, "precision": run.precision.chosen} if first_line else record)
+                first_line = False
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k.endswith("loss") or k == "accuracy"})
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
@@ -313,8 +322,26 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
         log.close()
 
 
-def run_stage(cfg: TrainConfig, out: str | Path, resume: bool = False, print_fn=print) -> Path:
-    """Train one stage into ``<out>/<stage>/`` (see the module docstring); returns that folder."""
+# ---------------------------------------------------------------------------------------------------------------
+# A stage from start to end
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What differs between the kinds of stage (``cfg.kind``): building the run, one step, and a closing report."""
+
+    setup: Callable[[TrainConfig, Path, DistInfo, PrecisionChoice | None], StageRun]
+    step: Callable[[StageRun, nn.Module], dict[str, float]]
+    finish: Callable[[StageRun, Callable[[str], Any]], None] | None = None  # after the last step, on every process
+
+
+INSTRUCT = StageKind(setup, train_step)
+
+
+def train_stage(
+    kind: StageKind, cfg: TrainConfig, out: str | Path, resume: bool = False, print_fn: Callable[[str], Any] = print
+) -> Path:
+    """Train one stage of ``kind`` into ``<out>/<stage>/`` (see the module docstring); returns that folder."""
     out = Path(out)
     stage_dir = out / cfg.name
     state = read_trainer_state(stage_dir)
@@ -327,22 +354,26 @@ def run_stage(cfg: TrainConfig, out: str | Path, resume: bool = False, print_fn=
         raise FileExistsError(f"{stage_dir}: exists and is not a training run of pointalign")
     dist = init_distributed()
     try:
-        if cfg.kind == "contrastive":
-            from pointalign.training.contrastive import contrastive_step, setup_contrastive
-
-            run = setup_contrastive(cfg, out, dist)
-            step_fn = contrastive_step
-        else:
-            run = setup(cfg, out, dist)
-            step_fn = train_step
+        precision = resolve_precision(cfg.precision, dist, resumed=state.get("precision") if state else None)
+        if cfg.precision == "auto" and dist.main:
+            print_fn(f"{cfg.name}: {precision.describe()}")
+        run = kind.setup(cfg, out, dist, precision)
         if state is not None:
             restore_run(run, state)
             print_fn(f"resuming {cfg.name} at step {run.step}")
-        fit(run, step_fn)
-        if cfg.kind == "contrastive":
-            from pointalign.training.contrastive import final_report
-
-            final_report(run, print_fn)
+        fit(run, kind.step)
+        if kind.finish is not None:
+            kind.finish(run, print_fn)
     finally:
         cleanup(dist)
     return stage_dir
+
+
+def __getattr__(name: str) -> Any:
+    # ``loop.run_stage`` (every kind) now lives in training/run.py, which imports both kinds; it is still reached
+    # from here, lazily, for the callers that import it from this module (analysis/reproduce.py).
+    if name == "run_stage":
+        from pointalign.training.run import run_stage
+
+        return run_stage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

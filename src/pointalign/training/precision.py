@@ -1,0 +1,168 @@
+"""``precision: auto``: time one representative matmul in fp32 and under bf16 autocast, keep bf16 only if it wins.
+
+Whether bf16 autocast pays off depends on the host, not the model: on one CPU of the kind this project runs on it
+makes the cpu-small LLM's MLP matmul 3.8x faster, on another of the same kind (whose flags list avx512_bf16 but
+where torch's kernels report only AVX512) 1.8x slower. So a stage with ``precision: auto`` measures at start-up, on
+its own device: a Linear of the cpu-small LLM's MLP width on a batch of eight 85-token sequences, forward and
+backward, a few warm-up rounds and then the median of several, the two precisions alternating so that a busy host
+slows both alike (a fraction of a second in all). bf16 is chosen only when it is faster by ``BF16_MARGIN``. The
+measurement is cached per process and device, so the stages of one process measure once.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from pointalign.training.distributed import DistInfo
+
+Resolved = Literal["fp32", "bf16"]
+
+BF16_MARGIN = 0.10  # bf16 must take at most 1 / (1 + margin) of fp32's time, i.e. be >= 10 % faster
+PROBE_ROWS = 680  # tokens of a cpu-small training batch: 8 sequences of 85 tokens
+PROBE_IN = 576  # SmolLM2-135M's width (the cpu-small LLM)
+PROBE_OUT = 1536  # its MLP's intermediate width
+PROBE_WARMUP = 2  # untimed rounds of each precision (kernel selection, allocator)
+PROBE_REPEATS = 5  # timed rounds of each precision; the median is kept
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a stage runs in, and why."""
+
+    chosen: Resolved
+    fp32_ms: float | None  # median forward+backward time of the probe matmul; None when not measured
+    bf16_ms: float | None
+    reason: str
+
+    def describe(self) -> str:
+        """One log line: the choice, the reason and both timings."""
+        line = f"precision auto -> {self.chosen}: {self.reason}"
+        if self.fp32_ms is not None and self.bf16_ms is not None:
+            line += (
+                f" (Linear {PROBE_ROWS}x{PROBE_IN}->{PROBE_OUT} forward+backward: fp32 {self.fp32_ms:.2f} ms, "
+                f"bf16 {self.bf16_ms:.2f} ms)"
+            )
+        return line
+
+
+_MEASURED: dict[str, PrecisionChoice] = {}  # str(device) -> the auto decision, once per process
+
+
+def choose_precision(
+    fp32_ms: float | None, bf16_ms: float | None, supported: bool, where: str = "", margin: float = BF16_MARGIN
+) -> PrecisionChoice:
+    """The decision from the two timings: bf16 only when supported and faster than fp32 by ``margin``.
+
+    Args:
+        fp32_ms: Median probe time in fp32 (None when bf16 is unsupported and nothing was timed).
+        bf16_ms: Median probe time under bf16 autocast.
+        supported: False where the device has no bf16 (an older GPU); fp32 then, whatever the timings.
+        where: The device (and CPU capability) for the reason text.
+        margin: bf16 must be at least ``1 + margin`` times faster.
+    """
+    on = f" on {where}" if where else ""
+    if not supported:
+        return PrecisionChoice("fp32", fp32_ms, bf16_ms, f"bf16 is not supported{on}")
+    if fp32_ms is None or bf16_ms is None:
+        raise ValueError("choose_precision: both timings are needed where bf16 is supported")
+    speedup = fp32_ms / bf16_ms
+    if speedup >= 1.0 + margin:
+        return PrecisionChoice("bf16", fp32_ms, bf16_ms, f"bf16 is {speedup:.2f}x faster than fp32{on}")
+    if speedup >= 1.0:
+        why = f"bf16 is only {speedup:.2f}x faster than fp32{on}, under the {1.0 + margin:.2f}x it must gain"
+    else:
+        why = f"bf16 is {1.0 / speedup:.2f}x slower than fp32{on}"
+    return PrecisionChoice("fp32", fp32_ms, bf16_ms, why)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu (AVX512)`` (torch's kernel capability) or ``cuda:0 (NVIDIA H200)``, for the log line."""
+    import torch
+
+    if device.type == "cpu":
+        return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast on this device: always on CPU (emulated where the kernels lack it), on CUDA if the GPU has it."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def time_probe(device: torch.device, warmup: int = PROBE_WARMUP, repeats: int = PROBE_REPEATS) -> tuple[float, float]:
+    """Median forward+backward time (ms) of the probe Linear in fp32 and under bf16 autocast, alternating."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(PROBE_IN, PROBE_OUT).to(device)
+    x = torch.randn(PROBE_ROWS, PROBE_IN, generator=generator).to(device).requires_grad_(True)  # (L, D)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def once(bf16: bool) -> float:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        sync()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            y = layer(x)  # (L, PROBE_OUT)
+        y.float().square().mean().backward()
+        sync()
+        return (time.perf_counter() - t) * 1000.0
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(warmup + repeats):
+        for bf16 in (False, True):
+            elapsed = once(bf16)
+            if i >= warmup:
+                times[bf16].append(elapsed)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
+def auto_precision(device: torch.device) -> PrecisionChoice:
+    """The ``auto`` decision for ``device``: measured on the first call in this process, then cached."""
+    key = str(device)
+    if key not in _MEASURED:
+        where = device_name(device)
+        if bf16_supported(device):
+            fp32_ms, bf16_ms = time_probe(device)
+            _MEASURED[key] = choose_precision(fp32_ms, bf16_ms, True, where)
+        else:
+            _MEASURED[key] = choose_precision(None, None, False, where)
+    return _MEASURED[key]
+
+
+def resolve_precision(requested: str, dist: DistInfo, resumed: str | None = None) -> PrecisionChoice:
+    """What a stage runs in: ``fp32``/``bf16`` as configured; for ``auto``, the precision of the run being resumed
+    (``resumed``) or else this device's measured choice, rank 0's under DDP so that every rank agrees."""
+    if requested in ("fp32", "bf16"):
+        return PrecisionChoice("bf16" if requested == "bf16" else "fp32", None, None, "set by the config")
+    if requested != "auto":
+        raise ValueError(f"precision: 'fp32', 'bf16' or 'auto', got {requested!r}")
+    if resumed is not None:
+        if resumed not in ("fp32", "bf16"):
+            raise ValueError(f"trainer state: precision {resumed!r} is not 'fp32' or 'bf16'")
+        kept: Resolved = "bf16" if resumed == "bf16" else "fp32"
+        return PrecisionChoice(kept, None, None, "kept from the run being resumed")
+    choice = auto_precision(dist.device)
+    if dist.world > 1:
+        import torch
+        import torch.distributed
+
+        flag = torch.tensor([1.0 if choice.chosen == "bf16" else 0.0], device=dist.device)
+        torch.distributed.broadcast(flag, src=0)
+        agreed: Resolved = "bf16" if flag.item() > 0.5 else "fp32"
+        if agreed != choice.chosen:
+            choice = PrecisionChoice(agreed, choice.fp32_ms, choice.bf16_ms, f"rank 0 chose it ({choice.reason} here)")
+    return choice

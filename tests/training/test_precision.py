@@ -1,0 +1,154 @@
+"""``precision: auto``: the decision from (injected) timings, its log line, its cache, and a stage that records it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pointalign.cli import main
+from pointalign.errors import ConfigError
+from pointalign.training import precision as prec
+from pointalign.training.config import TrainConfig, load_train_config
+from pointalign.training.distributed import DistInfo
+from pointalign.training.precision import BF16_MARGIN, PrecisionChoice, choose_precision, resolve_precision
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """Replace the timed matmul by given timings; returns the list of devices it was asked to time."""
+    calls: list[str] = []
+
+    def install(fp32_ms: float, bf16_ms: float, supported: bool = True) -> list[str]:
+        def time_probe(device, warmup=prec.PROBE_WARMUP, repeats=prec.PROBE_REPEATS):
+            calls.append(str(device))
+            return fp32_ms, bf16_ms
+
+        monkeypatch.setattr(prec, "time_probe", time_probe)
+        monkeypatch.setattr(prec, "bf16_supported", lambda device: supported)
+        monkeypatch.setattr(prec, "_MEASURED", {})
+        return calls
+
+    return install
+
+
+def test_bf16_clearly_faster_is_chosen():
+    choice = choose_precision(13.5, 3.5, True, "cpu (AVX512)")
+    assert choice.chosen == "bf16"
+    assert (choice.fp32_ms, choice.bf16_ms) == (13.5, 3.5)
+    assert "3.86x faster" in choice.reason and "cpu (AVX512)" in choice.reason
+
+
+def test_bf16_slower_gives_fp32():
+    choice = choose_precision(13.5, 24.0, True, "cpu (AVX512)")
+    assert choice.chosen == "fp32"
+    assert "1.78x slower" in choice.reason
+
+
+def test_bf16_within_the_margin_gives_fp32():
+    just_under = 10.0 / (1.0 + BF16_MARGIN) + 0.05  # faster, but by less than the margin
+    choice = choose_precision(10.0, just_under, True)
+    assert choice.chosen == "fp32"
+    assert "only" in choice.reason
+    assert choose_precision(10.0, 10.0 / (1.0 + BF16_MARGIN) - 0.05, True).chosen == "bf16"
+
+
+def test_unsupported_bf16_gives_fp32_whatever_the_timings():
+    assert choose_precision(10.0, 1.0, False, "cuda:0 (old GPU)").chosen == "fp32"
+    choice = choose_precision(None, None, False, "cuda:0 (old GPU)")
+    assert choice.chosen == "fp32" and "not supported on cuda:0 (old GPU)" in choice.reason
+
+
+def test_the_log_line_names_the_choice_the_reason_and_both_timings():
+    line = choose_precision(13.5, 24.0, True, "cpu (AVX512)").describe()
+    assert line.startswith("precision auto -> fp32: bf16 is 1.78x slower than fp32 on cpu (AVX512)")
+    assert "fp32 13.50 ms" in line and "bf16 24.00 ms" in line
+    assert f"Linear {prec.PROBE_ROWS}x{prec.PROBE_IN}->{prec.PROBE_OUT}" in line
+
+
+def test_auto_measures_once_per_device(fake_probe):
+    calls = fake_probe(12.0, 4.0)
+    first = resolve_precision("auto", CPU)
+    again = resolve_precision("auto", CPU)
+    assert first.chosen == again.chosen == "bf16"
+    assert calls == ["cpu"]
+
+
+def test_auto_without_bf16_times_nothing(fake_probe):
+    calls = fake_probe(12.0, 4.0, supported=False)
+    assert resolve_precision("auto", CPU).chosen == "fp32"
+    assert calls == []
+
+
+def test_explicit_and_resumed_precisions_are_not_measured(fake_probe):
+    calls = fake_probe(12.0, 4.0)
+    assert resolve_precision("fp32", CPU).chosen == "fp32"
+    assert resolve_precision("bf16", CPU, resumed="fp32").chosen == "bf16"  # the config's own value wins
+    kept = resolve_precision("auto", CPU, resumed="fp32")
+    assert kept.chosen == "fp32" and "resumed" in kept.reason
+    assert calls == []
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", CPU)
+
+
+def test_the_probe_times_both_precisions():
+    fp32_ms, bf16_ms = prec.time_probe(torch.device("cpu"), warmup=0, repeats=1)
+    assert fp32_ms > 0 and bf16_ms > 0
+
+
+def test_a_bad_precision_is_a_config_error_naming_the_key(tiny_data):
+    with pytest.raises(ConfigError, match=r"stage0.yaml: precision: .*'auto'.*got 'fp16'"):
+        load_train_config(CONFIGS / "stage0.yaml", [f"data.root={tiny_data}", "precision=fp16"])
+    with pytest.raises(ConfigError, match="precision: 'fp32', 'bf16' or 'auto', got 'fp16'"):
+        TrainConfig(stage="stage0", precision="fp16")
+    assert load_train_config(CONFIGS / "stage0.yaml", ["precision=auto"]).precision == "auto"
+
+
+@pytest.mark.parametrize(("fp32_ms", "bf16_ms", "expected"), [(12.0, 4.0, "bf16"), (13.5, 24.0, "fp32")])
+def test_a_stage_with_auto_records_what_it_resolved_to(
+    fake_probe, tiny_data, tmp_path, capsys, monkeypatch, fp32_ms, bf16_ms, expected
+):
+    """Stage 0 (contrastive) with precision=auto: runs in, logs and records the measured choice."""
+    fake_probe(fp32_ms, bf16_ms)
+    seen: list[bool] = []  # whether bf16 autocast was on in the stage-0 forward
+    from pointalign.training import contrastive
+
+    original = contrastive.ContrastiveHead.forward
+
+    def recording_forward(self, tokens):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, tokens)
+
+    monkeypatch.setattr(contrastive.ContrastiveHead, "forward", recording_forward)
+    args = ["train", str(CONFIGS / "stage0.yaml"), "--out", str(tmp_path), f"data.root={tiny_data}"]
+    assert main([*args, "precision=auto", "optim.steps=2", "contrastive.qformer=false"]) == 0
+    assert f"stage0: precision auto -> {expected}: " in capsys.readouterr().out
+    state = json.loads((tmp_path / "stage0" / "trainer_state.json").read_text())
+    assert state["precision"] == expected and state["train_config"]["precision"] == "auto"
+    lines = [json.loads(x) for x in (tmp_path / "logs" / "stage0" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["precision"] == expected and "precision" not in lines[1]
+    assert seen and all(on == (expected == "bf16") for on in seen)
+
+
+def test_setup_takes_a_given_precision_over_the_config(fake_probe, tiny_data, tmp_path):
+    calls = fake_probe(12.0, 4.0)
+    from pointalign.training.contrastive import setup_contrastive
+
+    cfg = load_train_config(CONFIGS / "stage0.yaml", [f"data.root={tiny_data}", "precision=auto"])
+    run = setup_contrastive(cfg, tmp_path, CPU, PrecisionChoice("fp32", None, None, "kept from the run being resumed"))
+    assert run.precision.chosen == "fp32" and calls == []
+
+
+def test_cuda_without_bf16_gives_fp32_untimed(monkeypatch):
+    """The CUDA branch without a GPU: bf16 support is asked of torch.cuda, and no probe runs when it is missing."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "old GPU")
+    monkeypatch.setattr(prec, "_MEASURED", {})
+    monkeypatch.setattr(prec, "time_probe", lambda *a, **k: pytest.fail("timed a device without bf16"))
+    choice = prec.auto_precision(torch.device("cuda", 0))
+    assert choice.chosen == "fp32" and choice.reason == "bf16 is not supported on cuda:0 (old GPU)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert prec.bf16_supported(torch.device("cuda", 0))
