@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pointalign.training.loop as loop
-import pointalign.training.run as run
 
 LOOP = Path(loop.__file__)
 
@@ -35,7 +34,3 @@ def test_importing_the_loop_leaves_stage0_unimported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pointalign.training.loop" in out
     assert "pointalign.training.contrastive" not in out and "pointalign.training.run" not in out
-
-
-def test_run_stage_is_still_reached_through_the_loop():
-    assert loop.run_stage is run.run_stage

@@ -59,7 +59,7 @@ def config_path(preset: str, stage: str) -> Path:
 
 def _train(preset: str, stage: str, out: Path, overrides: list[str], print_fn) -> Path:
     from pointalign.training.config import load_train_config
-    from pointalign.training.loop import run_stage
+    from pointalign.training.run import run_stage
 
     return run_stage(load_train_config(config_path(preset, stage), overrides), out, resume=True, print_fn=print_fn)
 

@@ -367,13 +367,3 @@ def train_stage(
     finally:
         cleanup(dist)
     return stage_dir
-
-
-def __getattr__(name: str) -> Any:
-    # ``loop.run_stage`` (every kind) now lives in training/run.py, which imports both kinds; it is still reached
-    # from here, lazily, for the callers that import it from this module (analysis/reproduce.py).
-    if name == "run_stage":
-        from pointalign.training.run import run_stage
-
-        return run_stage
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

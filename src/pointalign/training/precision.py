@@ -4,14 +4,14 @@ Whether bf16 autocast pays off depends on the host, not the model: on one CPU of
 makes the cpu-small LLM's MLP matmul 3.8x faster, on another of the same kind (whose flags list avx512_bf16 but
 where torch's kernels report only AVX512) 1.8x slower. So a stage with ``precision: auto`` measures at start-up, on
 its own device: a Linear of the cpu-small LLM's MLP width on a batch of eight 85-token sequences, forward and
-backward, a few warm-up rounds and then the median of several, the two precisions alternating so that a busy host
-slows both alike (a fraction of a second in all). bf16 is chosen only when it is faster by ``BF16_MARGIN``. The
-measurement is cached per process and device, so the stages of one process measure once.
+backward, a few warm-up rounds and then the fastest of several, the two precisions alternating (the fastest round
+is the one least disturbed by other work on a busy host; a fraction of a second in all). bf16 is chosen only when it
+is faster by ``BF16_MARGIN``. The measurement is cached per process and device, so the stages of one process
+measure once.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -28,7 +28,7 @@ PROBE_ROWS = 680  # tokens of a cpu-small training batch: 8 sequences of 85 toke
 PROBE_IN = 576  # SmolLM2-135M's width (the cpu-small LLM)
 PROBE_OUT = 1536  # its MLP's intermediate width
 PROBE_WARMUP = 2  # untimed rounds of each precision (kernel selection, allocator)
-PROBE_REPEATS = 5  # timed rounds of each precision; the median is kept
+PROBE_REPEATS = 10  # timed rounds of each precision; the fastest is kept
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class PrecisionChoice:
     """What a stage runs in, and why."""
 
     chosen: Resolved
-    fp32_ms: float | None  # median forward+backward time of the probe matmul; None when not measured
+    fp32_ms: float | None  # fastest forward+backward time of the probe matmul; None when not measured
     bf16_ms: float | None
     reason: str
 
@@ -60,8 +60,8 @@ def choose_precision(
     """The decision from the two timings: bf16 only when supported and faster than fp32 by ``margin``.
 
     Args:
-        fp32_ms: Median probe time in fp32 (None when bf16 is unsupported and nothing was timed).
-        bf16_ms: Median probe time under bf16 autocast.
+        fp32_ms: Fastest probe time in fp32 (None when bf16 is unsupported and nothing was timed).
+        bf16_ms: Fastest probe time under bf16 autocast.
         supported: False where the device has no bf16 (an older GPU); fp32 then, whatever the timings.
         where: The device (and CPU capability) for the reason text.
         margin: bf16 must be at least ``1 + margin`` times faster.
@@ -102,7 +102,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def time_probe(device: torch.device, warmup: int = PROBE_WARMUP, repeats: int = PROBE_REPEATS) -> tuple[float, float]:
-    """Median forward+backward time (ms) of the probe Linear in fp32 and under bf16 autocast, alternating."""
+    """Fastest forward+backward time (ms) of the probe Linear in fp32 and under bf16 autocast, alternating."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -127,7 +127,7 @@ def time_probe(device: torch.device, warmup: int = PROBE_WARMUP, repeats: int = 
             elapsed = once(bf16)
             if i >= warmup:
                 times[bf16].append(elapsed)
-    return statistics.median(times[False]), statistics.median(times[True])
+    return min(times[False]), min(times[True])
 
 
 def auto_precision(device: torch.device) -> PrecisionChoice:
