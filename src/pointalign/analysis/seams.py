@@ -1,0 +1,223 @@
+"""``pointalign diagnose``: where does a model's class information stop reaching its answers?
+
+It measures the same thing at each seam of the model, on the same objects:
+
+- **probes**: a cosine 1-NN classifier and a seeded, L2-regularised linear (softmax) probe, fitted on labelled train
+  objects and scored on the ModelNet40-format test split, on the point encoder's tokens (mean of the patch tokens,
+  and the cls token), the Q-Former outputs and the LLM point tokens (mean over the queries, and all queries
+  concatenated), and the mean point token at a few LLM layers;
+- **the seam into the LLM**: the RMS of the point tokens against the RMS of the LLM's text embeddings, and how alike
+  different objects' point tokens are (mean cosine between objects; spread across objects / norm of the mean);
+- **use**: the caption loss (nats per answer token) of val objects with their own cloud and with another object's
+  cloud: a gap near 0 means the answer does not depend on the points;
+- **attention**: per LLM layer, the share of the attention from the last prompt position (where the first answer
+  token is predicted) that lands on the point tokens.
+
+Train clouds lose their colours when the test clouds have none, as in ``pointalign probe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pointalign.analysis.probe import knn_accuracy, labelled_train_objects, point_states
+from pointalign.data.readers import PointLLMFolder, read_annotations
+from pointalign.data.synth import VAL_GT_FILE
+from pointalign.eval.tasks import PROMPTS, load_items, spread
+from pointalign.models.point_encoder import reduce_points
+from pointalign.models.pointalign import PointAlignModel, position_ids
+
+
+@dataclass(frozen=True)
+class SeamSettings:
+    """What ``diagnose`` reads (one home for its defaults)."""
+
+    train_per_class: int = 10  # labelled train objects per class for the probes
+    test_limit: int | None = None  # test objects spread over the test split (None = all)
+    caption_objects: int = 80  # val objects for the caption-loss gap
+    llm_layers: tuple[int, ...] = (0, 7, 14, 21, -1)  # LLM layers probed (0 = input embeddings, -1 = after the norm)
+    probe_steps: int = 300  # Adam steps of the linear probe
+    probe_l2: float = 1e-3  # L2 weight of the linear probe
+    file_points: int = 8192
+    seed: int = 0
+
+
+@dataclass
+class SeamReport:
+    probes: list[tuple[str, float, float]]  # (where, 1-NN accuracy %, linear-probe accuracy %)
+    rms_point_tokens: float
+    rms_text_embeddings: float
+    mean_cosine_between_objects: float
+    spread_over_mean_norm: float
+    caption_loss_own_cloud: float
+    caption_loss_other_cloud: float
+    attention_to_points: list[float] = field(default_factory=list)  # per LLM layer (1..L)
+
+    @property
+    def caption_gap(self) -> float:
+        return self.caption_loss_other_cloud - self.caption_loss_own_cloud
+
+
+def linear_probe_accuracy(
+    train: Tensor, train_y: Tensor, test: Tensor, test_y: Tensor, steps: int = 300, l2: float = 1e-3, seed: int = 0
+) -> float:
+    """Accuracy (%) of a softmax-regression probe on standardised features: train (N, D) -> test (M, D)."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    x, xt = (train - mean) / std, (test - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        w = torch.zeros(x.shape[1], classes, requires_grad=True)
+        b = torch.zeros(classes, requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=1e-2)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(x @ w + b, train_y) + l2 * w.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float(((xt @ w + b).argmax(1) == test_y).float().mean() * 100)
+
+
+@torch.no_grad()
+def seam_features(model: PointAlignModel, clouds: Tensor, batch_size: int = 16) -> dict[str, Tensor]:
+    """Per object, the features each seam hands on: name -> (N, D)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list[Tensor]] = {k: [] for k in ("encoder", "encoder cls", "Q-Former", "Q-Former (all queries)")}
+    out.update({"point tokens": [], "point tokens (all queries)": []})
+    for i in range(0, len(clouds), batch_size):
+        tokens = model.point_encoder(clouds[i : i + batch_size].to(device))  # (B, T, C)
+        q = model.qformer(model.bridge(tokens))  # (B, Q, Dq)
+        p = model.projector(q)  # (B, Q, D)
+        out["encoder"].append(tokens[:, 1:].mean(1))
+        out["encoder cls"].append(tokens[:, 0])
+        out["Q-Former"].append(q.mean(1))
+        out["Q-Former (all queries)"].append(q.flatten(1))
+        out["point tokens"].append(p.mean(1))
+        out["point tokens (all queries)"].append(p.flatten(1))
+    return {k: torch.cat(v).float().cpu() for k, v in out.items()}
+
+
+@torch.no_grad()
+def caption_loss(model: PointAlignModel, clouds: Tensor, captions: list[str], batch_size: int = 16) -> float:
+    """Mean next-token loss per answer token of the captioning prompt's answers, given ``clouds`` (N, P, F)."""
+    model.eval()
+    device = next(model.parameters()).device
+    builder = model.builder
+    total, count = 0.0, 0
+    for i in range(0, len(captions), batch_size):
+        items = [builder.encode([(PROMPTS[2], c)]) for c in captions[i : i + batch_size]]
+        batch = builder.collate(items, "right").to(device)
+        out = model(batch, points=clouds[i : i + batch_size].to(device))
+        total += float(out.ntp_loss) * out.num_tokens
+        count += out.num_tokens
+    return total / count
+
+
+@torch.no_grad()
+def attention_to_points(model: PointAlignModel, clouds: Tensor) -> list[float]:
+    """Per LLM layer, the mean share of attention from the last prompt position to the point tokens."""
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    previous = llm.config._attn_implementation
+    llm.set_attn_implementation("eager")  # only eager attention returns its weights
+    try:
+        device = next(model.parameters()).device
+        batch = model.builder.collate([model.builder.encode([], PROMPTS[0])] * len(clouds), "left").to(device)
+        feats = model.encode_points(clouds.to(device))
+        out = model.llm(
+            inputs_embeds=model.embed(batch, feats.point_tokens),
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids(batch.attention_mask),
+            output_attentions=True,
+            use_cache=False,
+        )
+    finally:
+        llm.set_attn_implementation(previous)
+    rows = torch.arange(len(clouds), device=device)[:, None]  # (B, 1)
+    shares = []
+    for att in out.attentions:  # (B, H, L, L)
+        last = att[:, :, -1, :].float()  # (B, H, L): the last position attends
+        shares.append(float(last.permute(0, 2, 1)[rows, batch.point_positions].sum(1).mean()))
+    return shares
+
+
+def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSettings()) -> SeamReport:
+    """Every seam measurement of ``model`` on the dataset at ``root`` (see the module docstring)."""
+    n = model.config.encoder.num_points
+    folder = PointLLMFolder(root, settings.file_points)
+    train = labelled_train_objects(root, settings.train_per_class)
+    items = spread(load_items("cls-closed", root, n, settings.file_points), settings.test_limit)
+    classes = sorted({c for _, c in train} | {it.label_name for it in items})
+    index = {c: i for i, c in enumerate(classes)}
+    test = torch.stack([it.points() for it in items])  # (M, P, F)
+    train_pts = torch.stack([reduce_points(torch.from_numpy(folder.cloud(o)), n) for o, _ in train])  # (N, P, F)
+    if test[..., 3:].abs().sum() == 0:
+        train_pts[..., 3:] = 0.0
+    train_y = torch.tensor([index[c] for _, c in train])
+    test_y = torch.tensor([index[it.label_name] for it in items])
+
+    def both(a: Tensor, b: Tensor) -> tuple[float, float]:
+        knn = knn_accuracy(a, train_y, b, test_y, 1)
+        return knn, linear_probe_accuracy(a, train_y, b, test_y, settings.probe_steps, settings.probe_l2, settings.seed)
+
+    seams_train, seams_test = seam_features(model, train_pts), seam_features(model, test)
+    probes = [(name, *both(seams_train[name], seams_test[name])) for name in seams_train]
+    layers_train, layers_test = point_states(model, train_pts)[0], point_states(model, test)[0]  # (L+1, N, D)
+    last = layers_train.shape[0] - 1
+    for layer in sorted({last if k < 0 else min(k, last) for k in settings.llm_layers}):
+        where = "LLM input embeddings" if layer == 0 else f"LLM layer {layer}"
+        probes.append((where, *both(layers_train[layer], layers_test[layer])))
+
+    tokens = seams_test["point tokens (all queries)"].view(len(items), model.config.qformer.num_queries, -1)
+    text = model.llm.get_input_embeddings().weight.float()
+    mean_tok = seams_test["point tokens"]  # (M, D)
+    unit = torch.nn.functional.normalize(mean_tok, dim=-1)
+    cos = unit @ unit.t()
+    off_diagonal = cos[~torch.eye(len(unit), dtype=torch.bool)]
+    centre = mean_tok.mean(0)
+
+    records = read_annotations(root / "anno_data" / VAL_GT_FILE)[: settings.caption_objects]
+    val = torch.stack([reduce_points(torch.from_numpy(folder.cloud(r.object_id)), n) for r in records])
+    captions = [r.turns[0][1] for r in records]
+    shift = max(1, len(records) // 2)  # another object's cloud, far down the (class-ordered) list
+    return SeamReport(
+        probes=probes,
+        rms_point_tokens=float(tokens.pow(2).mean(-1).sqrt().mean()),
+        rms_text_embeddings=float(text.pow(2).mean(-1).sqrt().mean()),
+        mean_cosine_between_objects=float(off_diagonal.mean()),
+        spread_over_mean_norm=float((mean_tok - centre).norm(dim=-1).mean() / centre.norm()),
+        caption_loss_own_cloud=caption_loss(model, val, captions),
+        caption_loss_other_cloud=caption_loss(model, val.roll(shift, 0), captions),
+        attention_to_points=attention_to_points(model, test[:16]),
+    )
+
+
+def format_report(name: str, r: SeamReport) -> str:
+    """Markdown tables of one diagnosis."""
+    lines = [f"## {name}", "", "| where | 1-NN accuracy (%) | linear probe (%) |", "|---|---:|---:|"]
+    lines += [f"| {w} | {k:.1f} | {lin:.1f} |" for w, k, lin in r.probes]
+    att = r.attention_to_points
+    picks = sorted({0, len(att) // 4, len(att) // 2, 3 * len(att) // 4, len(att) - 1}) if att else []
+    lines += [
+        "",
+        "| measurement | value |",
+        "|---|---:|",
+        f"| RMS of the point tokens / of the text embeddings | {r.rms_point_tokens:.3f} / "
+        f"{r.rms_text_embeddings:.3f} |",
+        f"| mean cosine between two objects' point tokens | {r.mean_cosine_between_objects:.3f} |",
+        f"| spread across objects / norm of the mean point token | {r.spread_over_mean_norm:.3f} |",
+        f"| caption loss, own cloud / another object's (nats per token) | {r.caption_loss_own_cloud:.3f} / "
+        f"{r.caption_loss_other_cloud:.3f} (gap {r.caption_gap:.3f}) |",
+        "| attention share on the point tokens (last prompt position), layers "
+        + ", ".join(str(i + 1) for i in picks)
+        + " | "
+        + ", ".join(f"{att[i]:.2f}" for i in picks)
+        + " |",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from pointalign.analysis.seams import (
+    SeamSettings,
+    attention_to_points,
+    diagnose,
+    format_report,
+    linear_probe_accuracy,
+    seam_features,
+)
+from tests.conftest import clouds
+
+
+def test_linear_probe_separates_a_planted_label_and_not_a_shuffled_one():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat_interleave(30)  # 4 classes x 30
+    x = torch.randn(120, 16, generator=gen) + 6.0 * torch.nn.functional.one_hot(y, 16).float()
+    train, test = slice(0, 120, 2), slice(1, 120, 2)
+    assert linear_probe_accuracy(x[train], y[train], x[test], y[test]) > 95
+    shuffled = y[torch.randperm(120, generator=gen)]
+    assert linear_probe_accuracy(x[train], shuffled[train], x[test], shuffled[test]) < 50
+    again = linear_probe_accuracy(x[train], y[train], x[test], y[test])
+    assert again == linear_probe_accuracy(x[train], y[train], x[test], y[test])  # seeded
+
+
+def test_seam_features_shapes(tiny_model):
+    feats = seam_features(tiny_model, clouds(3, 256), batch_size=2)
+    cfg = tiny_model.config
+    q, d = cfg.qformer.num_queries, tiny_model.llm.get_input_embeddings().weight.shape[1]
+    assert feats["encoder"].shape == (3, cfg.encoder.trans_dim)
+    assert feats["Q-Former (all queries)"].shape == (3, q * cfg.qformer.hidden_size)
+    assert feats["point tokens"].shape == (3, d)
+    assert feats["point tokens (all queries)"].shape == (3, q * d)
+
+
+def test_attention_shares_are_fractions_and_leave_the_model_as_it_was(tiny_model):
+    llm = tiny_model.llm.get_base_model()
+    before = llm.config._attn_implementation
+    shares = attention_to_points(tiny_model, clouds(2, 256))
+    assert len(shares) == len(llm.model.layers)
+    assert all(0.0 <= s <= 1.0 for s in shares)
+    assert llm.config._attn_implementation == before
+
+
+def test_diagnose_on_tiny_data(tiny_model, tiny_data):
+    settings = SeamSettings(
+        train_per_class=1,
+        test_limit=8,
+        caption_objects=6,
+        llm_layers=(0, 2, -1),
+        probe_steps=20,
+        file_points=256,
+    )
+    report = diagnose(tiny_model, tiny_data, settings)
+    names = [p[0] for p in report.probes]
+    assert names[:2] == ["encoder", "encoder cls"] and "LLM layer 2" in names and "LLM input embeddings" in names
+    assert all(0 <= knn <= 100 and 0 <= lin <= 100 for _, knn, lin in report.probes)
+    assert report.rms_point_tokens > 0 and report.rms_text_embeddings > 0
+    assert -1.0 <= report.mean_cosine_between_objects <= 1.0
+    assert report.caption_gap == pytest.approx(report.caption_loss_other_cloud - report.caption_loss_own_cloud)
+    text = format_report("tiny", report)
+    assert "| encoder | " in text and "caption loss" in text
