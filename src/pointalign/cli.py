@@ -166,7 +166,14 @@ def probe_cmd(args: argparse.Namespace) -> int:
 def reproduce_cmd(args: argparse.Namespace) -> int:
     from pointalign.analysis.reproduce import reproduce
 
-    reproduce(args.preset, Path(args.out), args.seeds, Path(args.data_root) if args.data_root else None)
+    reproduce(
+        args.preset,
+        Path(args.out),
+        args.seeds,
+        Path(args.data_root) if args.data_root else None,
+        limit=args.limit,
+        full=args.full,
+    )
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -380,6 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="runs/reproduce", help="run folder (default: %(default)s); re-running reuses it")
     rp.add_argument("--seeds", type=int, default=1, help="stage-2 seeds for mean +- std (default: %(default)s)")
     rp.add_argument("--data-root", default=None, help="use this data folder instead of generating the embedded one")
+    rp.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a quick look: N objects per evaluation task, spread over its list (default: every object)",
+    )
+    rp.add_argument(
+        "--full",
+        action="store_true",
+        help="evaluate every task and prompt and train the legacy-span model, whatever the preset's plan drops",
+    )
     rp.set_defaults(func=reproduce_cmd)
 
     sw = sub.add_parser("sweep", help="baseline vs PointAlign trained on fractions of the data (Figure 4)")

@@ -1,10 +1,17 @@
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
+import pointalign.analysis.reproduce as rm
 from pointalign.analysis.probe import ProbeResult, ProbeSettings
-from pointalign.analysis.reproduce import alignment_trace, probe_scores, probe_summary
+from pointalign.analysis.reproduce import EVAL_RUNS, PLANS, Plan, alignment_trace, probe_scores, probe_summary
+from pointalign.checkpoint import save_checkpoint
 from pointalign.cli import main
+from pointalign.errors import ConfigError
+from pointalign.eval.tasks import result_name
+from pointalign.training.stages import STAGES, apply_trainable
 
 
 def test_probe_summary_by_hand():
@@ -38,8 +45,16 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     metrics = {r["metric"] for r in report["rows"]}
     assert {"modelnet40_p0", "objaverse_p1", "caption_sbert", "probe_k1", "probe_k10"} <= metrics
     assert all(r["legacy_span"] is not None for r in report["rows"])
+    caption = next(r for r in report["rows"] if r["metric"] == "caption_sbert")
+    assert caption["kind"] == "per_object" and caption["objects"] == 8 and len(caption["delta_ci"]) == 2
+    assert caption["baseline_ci"][0] <= caption["baseline_mean"] <= caption["baseline_ci"][1]
+    assert 0 < caption["p_value"] <= 1 and caption["legacy_span_ci"] is not None
     md = (out / "report.md").read_text()
-    assert "| metric | baseline | PointAlign | delta |" in md.replace(" | PointAlign, legacy span (seed 0) |", " |")
+    assert md.split("\n")[2].startswith("**Verdict.** Of 9 evaluation metrics")
+    assert "| metric | objects | baseline | PointAlign | delta [95 % CI] | p | PointAlign, legacy span (seed 0) |" in md
+    assert "| metric | baseline | PointAlign | delta | PointAlign, legacy span (seed 0) |" in md  # the probe rows
+    summary = json.loads((out / "stage2-seed0" / "evaluation" / "summary.json").read_text())
+    assert summary["objects"]["modelnet40_p0"]["ids"] == [str(i) for i in range(0, 40, 5)]
     for name in ("stage0", "stage1c", "stage2-seed0", "stage2-baseline-seed0", "stage2-legacy-seed0"):
         assert (out / name / "model.safetensors").is_file()
     assert (out / "probe" / "probe.png").is_file()
@@ -103,3 +118,186 @@ def test_cached_probe_reuses_results_while_the_settings_match(tmp_path, monkeypa
     )  # other settings: again
     assert calls == [8, 4]
     assert not list((ckpt / "evaluation").glob("*.tmp"))
+
+
+def _summary(name: str, plan: Plan, rng: np.random.Generator) -> dict:
+    """An ``evaluate_model`` summary: PointAlign right on 90 % of the objects, the baseline on 30 %."""
+    n = plan.eval_limit or 20
+    good = name.startswith("stage2-seed")
+    summary: dict = {"settings": {}, "scores": {}, "objects": {}, "judge": {}}
+    for task, prompt in plan.eval_runs:
+        keys = [rm.run_key(task, prompt)]
+        if task == "caption":
+            keys += ["caption_sbert", "caption_bleu1", "caption_rougeL", "caption_meteor"]
+        for key in keys:
+            if task == "caption":
+                values, scale = list(40.0 + 10.0 * np.sin(np.arange(n) + len(key))), 1.0  # the same for every model
+            else:
+                values, scale = list((rng.random(n) < (0.9 if good else 0.3)).astype(float)), 100.0
+            summary["objects"][key] = {"ids": [str(i) for i in range(n)], "values": values, "scale": scale}
+            summary["scores"][key] = scale * float(np.mean(values))
+        if task != "caption":
+            summary["judge"][keys[0]] = {"accuracy": 50.0, "clean_accuracy": 55.0, "invalid": 2, "total": n}
+    return summary
+
+
+@pytest.fixture
+def fake_pipeline(tmp_path, monkeypatch):
+    """``reproduce`` with training, evaluation and the probe replaced by records of what they were asked."""
+    asked: dict = {"trained": [], "plans": []}
+    rng = np.random.default_rng(0)
+
+    def train(preset, stage, out, overrides, print_fn):
+        name = next(o for o in overrides if o.startswith("run_name=")).removeprefix("run_name=")
+        asked["trained"].append(name)
+        (out / name).mkdir(exist_ok=True)
+        return out / name
+
+    def evaluate_model(ckpt, root, file_points, plan, print_fn):
+        asked["plans"].append(plan)
+        return _summary(ckpt.name, plan, rng)
+
+    monkeypatch.setattr(rm, "ensure_data", lambda preset, out, data_root, print_fn: (tmp_path / "data", 256))
+    monkeypatch.setattr(rm, "train_stage1", lambda *args: None)
+    monkeypatch.setattr(rm, "_train", train)
+    monkeypatch.setattr(rm, "evaluate_model", evaluate_model)
+    monkeypatch.setattr(rm, "_align_layer", lambda ckpt: 1)
+    monkeypatch.setattr(
+        rm, "cached_probe", lambda ckpt, root, settings: ProbeResult({1: [50.0, 40.0, 45.0]}, 1, {0: 0.1, 2: 0.3})
+    )
+    monkeypatch.setattr(rm, "probe", lambda *args, **kwargs: None)
+    return asked
+
+
+def test_reproduce_limit_reaches_every_evaluation_and_the_report(tmp_path, fake_pipeline, capsys):
+    out = tmp_path / "rp"
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--limit", "50", "--seeds", "2"]) == 0
+    assert {p.eval_limit for p in fake_pipeline["plans"]} == {50}
+    assert "stage2-legacy-seed0" in fake_pipeline["trained"] and len(fake_pipeline["plans"]) == 5
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["metric"]: r for r in report["rows"]}
+    closed = rows["modelnet40_p0"]
+    assert closed["kind"] == "per_object" and closed["objects"] == 50 and closed["direction"] == "higher"
+    assert closed["delta_ci"][0] > 0 and closed["p_value"] < 0.001 and len(closed["per_seed_delta"]) == 2
+    assert closed["pointalign_ci"][0] <= closed["pointalign_mean"] <= closed["pointalign_ci"][1]
+    assert rows["caption_sbert"]["direction"] == "indistinguishable"  # both models drawn from the same scores
+    assert rows["probe_k1"]["kind"] == "per_layer" and "delta_ci" not in rows["probe_k1"]
+    assert rows["decode_l2"]["kind"] == "per_layer"
+    md = (out / "report.md").read_text()
+    head = md.split("\n## ")[0]
+    assert "PointAlign is better on 4 (ModelNet40 close-set accuracy, prompt 0 (I);" in head
+    assert "worse on none" in head and "indistinguishable on 5" in head
+    assert "- ModelNet40 close-set accuracy, prompt 0 (I): PointAlign is higher than the baseline by" in md
+    assert "is indistinguishable from zero (95 % CI [" in md
+    assert "50 objects per task spread over each split" in md
+    assert "## Probe: per-layer aggregates, no CI" in md and "correct among valid replies (%)" in md
+    assert " +- " in closed_line(md, "ModelNet40 close-set accuracy, prompt 0 (I) | 50 |")  # two seeds: +- std
+    capsys.readouterr()
+
+
+def closed_line(md: str, start: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"| {start}"))
+
+
+def test_reproduce_plan_drops_runs_and_full_restores_them(tmp_path, fake_pipeline, monkeypatch, capsys):
+    lean = dataclasses.replace(PLANS["cpu-small"], eval_runs=(("caption", 2),), legacy_span=False)
+    monkeypatch.setitem(PLANS, "cpu-small", lean)
+    out = tmp_path / "lean"
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out)]) == 0
+    assert [p.eval_runs for p in fake_pipeline["plans"]] == [(("caption", 2),)] * 2
+    assert "stage2-legacy-seed0" not in fake_pipeline["trained"]
+    assert fake_pipeline["plans"][0].eval_limit is None  # every object by default
+    report = json.loads((out / "report.json").read_text())
+    assert {r["metric"] for r in report["rows"] if r["kind"] == "per_object"} == {
+        "caption_judge",
+        "caption_sbert",
+        "caption_bleu1",
+        "caption_rougeL",
+        "caption_meteor",
+    }
+    assert all(r["legacy_span"] is None for r in report["rows"]) and report["legacy_span_trained"] is False
+    md = (out / "report.md").read_text()
+    assert "legacy span (not run)" in md and "every object of each split" in md
+    fake_pipeline["plans"].clear()
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--full"]) == 0
+    assert [p.eval_runs for p in fake_pipeline["plans"]] == [EVAL_RUNS] * 3  # baseline, PointAlign, legacy span
+    assert "stage2-legacy-seed0" in fake_pipeline["trained"]
+    capsys.readouterr()
+
+
+def test_reproduce_bad_limit_writes_nothing(tmp_path, fake_pipeline, capsys):
+    out = tmp_path / "never"
+    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--limit", "0"]) == 2
+    assert "--limit 0: objects per evaluation task must be at least 1" in capsys.readouterr().err
+    assert not out.exists() and fake_pipeline["trained"] == []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--preset", "tiny", "--out", str(out), "--limit", "x"])
+    assert exit_info.value.code == 2 and "--limit: invalid int value" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_plan_fields_are_checked():
+    plan = PLANS["cpu-small"]
+    assert plan.eval_limit is None and plan.eval_runs == EVAL_RUNS and plan.legacy_span
+    assert plan.max_new_tokens("cls-closed") == plan.max_new_tokens_cls == 24
+    assert dataclasses.replace(plan, max_new_tokens_caption=60).max_new_tokens("caption") == 60
+    with pytest.raises(ConfigError, match=r"\('caption', 0\) is no evaluation run"):
+        dataclasses.replace(plan, eval_runs=(("caption", 0),))
+    with pytest.raises(ConfigError, match="at least one"):
+        dataclasses.replace(plan, eval_runs=())
+    with pytest.raises(ConfigError, match="lists a run twice"):
+        dataclasses.replace(plan, eval_runs=(("caption", 2), ("caption", 2)))
+    with pytest.raises(ConfigError, match="Plan.eval_limit"):
+        dataclasses.replace(plan, eval_limit=0)
+    with pytest.raises(ConfigError, match="Plan.max_new_tokens_cls"):
+        dataclasses.replace(plan, max_new_tokens_cls=0)
+
+
+def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
+    tiny_model, tiny_config, tiny_data, tmp_path, monkeypatch
+):
+    apply_trainable(tiny_model, STAGES["stage2"])
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ckpt", tiny_config, what="full")
+    plan = dataclasses.replace(
+        PLANS["tiny"], eval_limit=3, eval_runs=(("cls-closed", 0), ("caption", 2)), max_new_tokens_caption=4
+    )
+    summary_path = ckpt / "evaluation" / "summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps({"modelnet40_p0": 12.5}))  # an older run's aggregates only
+    summary = rm.evaluate_model(ckpt, tiny_data, 256, plan, print_fn=lambda *_: None)
+    assert set(summary["objects"]) == {
+        "modelnet40_p0",
+        "caption_judge",
+        "caption_sbert",
+        "caption_bleu1",
+        "caption_rougeL",
+        "caption_meteor",
+    }
+    closed = summary["objects"]["modelnet40_p0"]
+    assert closed["ids"] == ["0", "13", "26"] and set(closed["values"]) <= {0.0, 1.0} and closed["scale"] == 100.0
+    assert summary["scores"]["modelnet40_p0"] == pytest.approx(100 * np.mean(closed["values"]))
+    assert {"clean_accuracy", "accuracy", "invalid", "total"} <= set(summary["judge"]["modelnet40_p0"])
+    sbert = summary["objects"]["caption_sbert"]
+    assert len(sbert["values"]) == 3 and summary["scores"]["caption_sbert"] == pytest.approx(np.mean(sbert["values"]))
+    assert json.loads(summary_path.read_text()) == summary
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the summary should have been reused")
+
+    monkeypatch.setattr("pointalign.checkpoint.load_model", no_model)
+    assert rm.evaluate_model(ckpt, tiny_data, 256, plan, print_fn=lambda *_: None) == summary
+    monkeypatch.undo()
+    # fewer objects from the same answers: the summary is recomputed over the first two of the spread
+    fewer = rm.evaluate_model(ckpt, tiny_data, 256, dataclasses.replace(plan, eval_limit=2), print_fn=lambda *_: None)
+    assert fewer["objects"]["modelnet40_p0"]["ids"] == ["0", "20"]
+    assert fewer["judge"]["modelnet40_p0"]["total"] == 2
+    caption_file = ckpt / "evaluation" / result_name("caption", 2)
+    closed_file = ckpt / "evaluation" / result_name("cls-closed", 0)
+    assert len(json.loads(caption_file.read_text())["results"]) == 4  # 0, 13, 26, then 20
+    # another caption length: the captions are generated anew, the close-set answers kept
+    longer = dataclasses.replace(plan, eval_limit=2, max_new_tokens_caption=5)
+    rm.evaluate_model(ckpt, tiny_data, 256, longer, print_fn=lambda *_: None)
+    assert [r["object_id"] for r in json.loads(caption_file.read_text())["results"]] == fewer["objects"][
+        "caption_sbert"
+    ]["ids"]
+    assert len(json.loads(closed_file.read_text())["results"]) == 4

@@ -9,7 +9,7 @@ import pytest
 from pointalign.cli import main
 from pointalign.errors import JudgeError
 from pointalign.eval import judge_prompts as jp
-from pointalign.eval.judge import account, run_judge
+from pointalign.eval.judge import account, object_scores, run_judge
 from pointalign.eval.offline_judge import closed_reply, offline_replies
 from pointalign.eval.openai_judge import OpenAIJudge, openai_replies
 
@@ -48,6 +48,18 @@ def test_closed_accounting_counts_each_invalid_once():
 def test_caption_accounting():
     acc = account("caption", [{}] * 4, ["80#", "101#", "40#", "n/a"])
     assert acc["invalid"] == 2 and acc["average_score"] == pytest.approx(60.0)
+    assert object_scores("caption", acc["rows"]) == [80.0, 0.0, 40.0, 0.0]  # invalid replies score 0
+
+
+def test_object_scores_count_wrong_and_invalid_as_zero():
+    acc = account("open", [{"ground_truth": "x"}] * 5, ["T#", "F#", "T#", "??", ""])
+    assert object_scores("open", acc["rows"]) == [1.0, 0.0, 1.0, 0.0, 0.0]  # mean 40 % = raw_accuracy
+    results = [{"ground_truth": g} for g in (1, 2, 3, 4)]
+    acc = account("closed", results, ["1#a#", "9#b#", "-1#NA#x", "4#c#"], num_classes=10)
+    hit_by_chance = {**acc["rows"][2], "correct": 1}  # an invalid reply whose random class hit
+    assert object_scores("closed", [*acc["rows"][:2], hit_by_chance, acc["rows"][3]]) == [1.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="unknown judge kind"):
+        object_scores("other", [])
 
 
 def test_offline_close_set_rules():
@@ -241,6 +253,7 @@ def test_offline_judge_on_each_kind(tmp_path):
     )
     report = json.loads(run_judge(closed, offline_replies(), "offline", print_fn=lambda *_: None).read_text())
     assert report["clean_accuracy"] == pytest.approx(50.0) and report["invalid"] == 0
+    assert report["num_classes"] == 40  # the embedded class list, as the judge drew from it
     open_ = write_results(tmp_path, 2)
     data = json.loads(open_.read_text())
     data["results"][0].update(ground_truth="A red chair with four legs.", model_output="This is a seat.")

@@ -7,7 +7,7 @@ from pointalign.cli import main
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError
 from pointalign.eval import metrics
-from pointalign.eval.tasks import evaluate, result_name
+from pointalign.eval.tasks import evaluate, object_ids, result_name
 from pointalign.training.stages import STAGES, apply_trainable
 
 
@@ -48,6 +48,8 @@ def test_closed_set_results_and_resume(tiny_model, tiny_data, tmp_path, monkeypa
     assert data["prompt"] == "What is this?"
     ids = [r["object_id"] for r in data["results"]]
     assert ids == [0, 8, 16, 24, 32]  # evenly spaced over the 40 test objects
+    assert object_ids("cls-closed", tiny_data, 256, limit=5) == ["0", "8", "16", "24", "32"]
+    assert len(object_ids("cls-closed", tiny_data, 256)) == 40
     assert len({r["label_name"] for r in data["results"]}) == 5
     row = data["results"][0]
     assert isinstance(row["ground_truth"], int) and row["label_name"]
@@ -117,3 +119,15 @@ def test_metrics_by_hand():
     assert metrics.bleu1("a chair", "") >= 0  # empty output is scored as "##"
     with pytest.raises(ConfigError, match="needs a local model folder"):
         metrics.simcse_similarity(["a"], ["b"], None)
+
+
+def test_caption_scores_per_pair_average_to_caption_metrics():
+    refs, hyps = ["a red chair", "a tall lamp", "a car"], ["a red seat", "a lamp", ""]
+    per = metrics.caption_scores(refs, hyps)
+    assert set(per) == {"bleu1", "rougeL", "meteor", "sbert"} and all(len(v) == 3 for v in per.values())
+    assert per["bleu1"][0] == pytest.approx(metrics.bleu1(refs[0], hyps[0]))
+    assert per["rougeL"][1] == pytest.approx(metrics.rouge_l(refs[1], hyps[1]))
+    means = metrics.caption_metrics(refs, hyps)
+    assert means == {k: pytest.approx(sum(v) / 3) for k, v in per.items()}
+    with pytest.raises(ValueError, match="as many hypotheses as references"):
+        metrics.caption_scores(["a"], ["a", "b"])

@@ -93,6 +93,21 @@ def account(kind: str, results: list[dict], replies: list[str], num_classes: int
     return {"total": total, "invalid": invalid, **scores, "rows": rows}
 
 
+def object_scores(kind: str, rows: list[dict]) -> list[float]:
+    """One score per judged item, from the ``rows`` of ``account`` (or an evaluated file's results), in order.
+
+    Classification: 1.0 for a correct reply, 0.0 for a wrong or an invalid one, so the mean is correct / total: a
+    close-set invalid reply counts 0 even when its random class hits (unlike ``accuracy``) and is not dropped (unlike
+    ``clean_accuracy``); an open-vocabulary invalid reply counts 0 (unlike ``accuracy``, equal to ``raw_accuracy``).
+    Captioning: the judge's score, 0 for an invalid reply (``average_score`` drops invalid replies).
+    """
+    if kind == "caption":
+        return [0.0 if r["invalid"] else float(r["score"]) for r in rows]
+    if kind in ("open", "closed"):
+        return [1.0 if r["correct"] == 1 and not r["invalid"] else 0.0 for r in rows]
+    raise ValueError(f"unknown judge kind {kind!r}")
+
+
 def _class_names(path: Path, results: list[dict]) -> list[str]:
     """Class names for the close-set judge: from the data folder next to the results, else the label names."""
     from pointalign.data.synth import CLASSES
@@ -127,10 +142,12 @@ def run_judge(
             f"{path}: the judge gave no reply for {missing} of {len(results)} items; run again to "
             "finish them (finished ones are cached)"
         )
-    acc = account(kind, results, replies, len(names) or 40)
+    num_classes = len(names) or 40  # what the close-set accounting draws invalid replies from
+    acc = account(kind, results, replies, num_classes)
     rows = [{**res, "judge_reply": rep, **row} for res, rep, row in zip(results, replies, acc.pop("rows"))]
     out = path.with_name(f"{path.stem}_evaluated_{judge_name}.json")
-    report = {"judge": judge_name, "kind": kind, "prompt": data.get("prompt"), **acc, "results": rows}
+    report = {"judge": judge_name, "kind": kind, "prompt": data.get("prompt"), "num_classes": num_classes, **acc}
+    report["results"] = rows
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(report, f, indent=1)

@@ -138,19 +138,26 @@ def simcse_similarity(references: list[str], hypotheses: list[str], folder: str 
     return (100.0 * (embed(references) * embed(hypotheses)).sum(dim=1)).tolist()
 
 
+def caption_scores(
+    references: list[str], hypotheses: list[str], sbert: str = "minilm", simcse: str | None = None
+) -> dict[str, list[float]]:
+    """Every metric of each (reference, hypothesis) pair, in order: ``{"bleu1": [...], "rougeL": ..., ...}``."""
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError("caption metrics: need as many hypotheses as references, at least one")
+    pairs = list(zip(references, hypotheses))
+    out = {
+        "bleu1": [bleu1(r, h) for r, h in pairs],
+        "rougeL": [rouge_l(r, h) for r, h in pairs],
+        "meteor": [meteor(r, h) for r, h in pairs],
+        "sbert": list(sbert_similarity(references, hypotheses, sbert)),
+    }
+    if simcse is not None:
+        out["simcse"] = list(simcse_similarity(references, hypotheses, simcse))
+    return out
+
+
 def caption_metrics(
     references: list[str], hypotheses: list[str], sbert: str = "minilm", simcse: str | None = None
 ) -> dict[str, float]:
-    """Mean of each metric over the pairs."""
-    if len(references) != len(hypotheses) or not references:
-        raise ValueError("caption_metrics: needs as many hypotheses as references, at least one")
-    n = len(references)
-    out = {
-        "bleu1": sum(bleu1(r, h) for r, h in zip(references, hypotheses)) / n,
-        "rougeL": sum(rouge_l(r, h) for r, h in zip(references, hypotheses)) / n,
-        "meteor": sum(meteor(r, h) for r, h in zip(references, hypotheses)) / n,
-        "sbert": sum(sbert_similarity(references, hypotheses, sbert)) / n,
-    }
-    if simcse is not None:
-        out["simcse"] = sum(simcse_similarity(references, hypotheses, simcse)) / n
-    return out
+    """Mean of each metric over the pairs (the means of ``caption_scores``)."""
+    return {k: sum(v) / len(v) for k, v in caption_scores(references, hypotheses, sbert, simcse).items()}

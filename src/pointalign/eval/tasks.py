@@ -93,6 +93,11 @@ def spread(items: list, limit: int | None) -> list:
     return [items[int(i * step)] for i in range(limit)]
 
 
+def object_ids(task: str, root: Path, file_points: int = 8192, limit: int | None = None) -> list[str]:
+    """The object ids ``evaluate`` answers for ``task`` with ``limit``, in the task's order (ModelNet: the index)."""
+    return [it.object_id for it in spread(load_items(task, root, 1, file_points), limit)]  # clouds are never loaded
+
+
 def _atomic_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
