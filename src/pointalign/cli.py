@@ -163,6 +163,27 @@ def probe_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def diagnose_cmd(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pointalign.analysis.seams import SeamSettings, diagnose, format_report
+    from pointalign.checkpoint import load_model
+
+    settings = SeamSettings(
+        train_per_class=args.train_per_class, test_limit=args.test_limit, file_points=args.file_points
+    )
+    reports = {}
+    for ckpt in args.checkpoint:
+        model, _ = load_model(ckpt, for_inference=True)
+        reports[ckpt] = diagnose(model, Path(args.data_root), settings)
+        print(format_report(ckpt, reports[ckpt]))
+    if args.json:
+        out = {c: {**asdict(r), "caption_gap": r.caption_gap} for c, r in reports.items()}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"written: {args.json}")
+    return 0
+
+
 def reproduce_cmd(args: argparse.Namespace) -> int:
     from pointalign.analysis.reproduce import reproduce
 
@@ -381,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
         "held-out loss 1 - cos to decode.csv: how much of PointAlign's target the point tokens still carry",
     )
     pr.set_defaults(func=probe_cmd)
+
+    dg = sub.add_parser("diagnose", help="where class information stops reaching the answer: probes at every seam")
+    dg.add_argument("--checkpoint", action="append", required=True, help="a checkpoint folder; repeat to compare")
+    dg.add_argument("--data-root", default="data/synth", help="PointLLM-layout data folder (default: %(default)s)")
+    dg.add_argument("--train-per-class", type=int, default=10, help="labelled train objects per class")
+    dg.add_argument("--test-limit", type=int, default=None, help="N test objects spread over the split (default: all)")
+    dg.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
+    dg.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    dg.set_defaults(func=diagnose_cmd)
 
     rp = sub.add_parser("reproduce", help="the paper's comparison end to end: data, stages, eval, probe, report")
     rp.add_argument("--preset", choices=["tiny", "cpu-small"], default="cpu-small")

@@ -61,3 +61,29 @@ def test_diagnose_on_tiny_data(tiny_model, tiny_data):
     assert report.caption_gap == pytest.approx(report.caption_loss_other_cloud - report.caption_loss_own_cloud)
     text = format_report("tiny", report)
     assert "| encoder | " in text and "caption loss" in text
+
+
+def test_diagnose_cli(tiny_model, tiny_config, tiny_data, tmp_path, capsys):
+    import json
+
+    from pointalign.checkpoint import save_checkpoint
+    from pointalign.cli import main
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ck", tiny_config, what="full")
+    out = tmp_path / "seams.json"
+    args = ["diagnose", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--file-points", "256"]
+    assert main([*args, "--test-limit", "8", "--train-per-class", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| Q-Former | " in printed and "attention share" in printed
+    saved = json.loads(out.read_text())[str(ckpt)]
+    assert {"probes", "caption_gap", "attention_to_points"} <= set(saved)
+
+
+def test_diagnose_cli_missing_checkpoint_writes_nothing(tiny_data, tmp_path, capsys):
+    from pointalign.cli import main
+
+    out = tmp_path / "seams.json"
+    args = ["diagnose", "--checkpoint", str(tmp_path / "nope"), "--data-root", str(tiny_data), "--json", str(out)]
+    assert main(args) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not out.exists()
