@@ -109,6 +109,10 @@ class ProjectorConfig:
 
     hidden: int = 4096
     activation: Literal["none", "gelu"] = "none"
+    # "free": the point tokens leave the Linears at whatever scale they learn (the reference). "text": each point token
+    # is RMS-normalised and multiplied by a learned per-channel gain that starts at the RMS of the LLM's input
+    # embeddings, so the point tokens enter the residual stream at the scale of the text tokens.
+    output_scale: Literal["free", "text"] = "free"
 
     def __post_init__(self) -> None:
         _positive(self, "hidden")

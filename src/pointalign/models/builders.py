@@ -40,7 +40,10 @@ def build_model(cfg: ModelConfig, *, for_inference: bool = False) -> PointAlignM
             load_bert_weights(qformer, cfg.qformer.init_from)
         if cfg.qformer.lora_r > 0:
             llm_seam.apply_qformer_lora(qformer, cfg.qformer)
-        projector = ModalityProjector(cfg.projector, cfg.qformer.hidden_size, d_llm)
+        text_rms = None
+        if cfg.projector.output_scale == "text":
+            text_rms = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        projector = ModalityProjector(cfg.projector, cfg.qformer.hidden_size, d_llm, text_rms)
         if cfg.llm.lora_r > 0:
             llm = llm_seam.apply_lora(llm, cfg.llm)
         align_projector = None

@@ -28,16 +28,27 @@ class Bridge(nn.Module):
 
 
 class ModalityProjector(nn.Module):
-    """Q-Former outputs to LLM point tokens: (B, Q, Dq) -> (B, Q, D). Two Linears, no activation by default."""
+    """Q-Former outputs to LLM point tokens: (B, Q, Dq) -> (B, Q, D). Two Linears, no activation by default.
 
-    def __init__(self, cfg: ProjectorConfig, in_dim: int, out_dim: int) -> None:
+    With ``output_scale: text`` the tokens are RMS-normalised and scaled by a learned per-channel gain that starts
+    at ``text_rms`` (the RMS of the LLM's input embeddings).
+    """
+
+    def __init__(self, cfg: ProjectorConfig, in_dim: int, out_dim: int, text_rms: float | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_dim, cfg.hidden)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
         self.fc2 = nn.Linear(cfg.hidden, out_dim)
+        self.norm: nn.RMSNorm | None = None
+        if cfg.output_scale == "text":
+            if text_rms is None or text_rms <= 0:
+                raise ValueError("ModalityProjector: output_scale 'text' needs the RMS of the LLM's input embeddings")
+            self.norm = nn.RMSNorm(out_dim, eps=1e-6)
+            nn.init.constant_(self.norm.weight, text_rms)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        y = self.fc2(self.act(self.fc1(x)))  # (B, Q, D)
+        return y if self.norm is None else self.norm(y)
 
 
 class AlignmentProjector(nn.Module):
