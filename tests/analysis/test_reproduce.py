@@ -171,7 +171,8 @@ def fake_pipeline(tmp_path, monkeypatch):
 
 def test_reproduce_limit_reaches_every_evaluation_and_the_report(tmp_path, fake_pipeline, capsys):
     out = tmp_path / "rp"
-    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--limit", "50", "--seeds", "2"]) == 0
+    args = ["reproduce", "--preset", "cpu-small", "--out", str(out), "--limit", "50", "--seeds", "2", "--full"]
+    assert main(args) == 0
     assert {p.eval_limit for p in fake_pipeline["plans"]} == {50}
     assert "stage2-legacy-seed0" in fake_pipeline["trained"] and len(fake_pipeline["plans"]) == 5
     report = json.loads((out / "report.json").read_text())
@@ -238,8 +239,9 @@ def test_reproduce_bad_limit_writes_nothing(tmp_path, fake_pipeline, capsys):
 
 def test_plan_fields_are_checked():
     plan = PLANS["cpu-small"]
-    assert plan.eval_limit is None and plan.eval_runs == EVAL_RUNS and plan.legacy_span
-    assert plan.max_new_tokens("cls-closed") == plan.max_new_tokens_cls == 24
+    assert plan.eval_limit is None and not plan.legacy_span  # every object; the quickstart's budget drops the rest
+    assert plan.eval_runs == (("cls-closed", 0), ("cls-open", 0), ("caption", 2))
+    assert plan.max_new_tokens("cls-closed") == plan.max_new_tokens_cls == 12
     assert dataclasses.replace(plan, max_new_tokens_caption=60).max_new_tokens("caption") == 60
     with pytest.raises(ConfigError, match=r"\('caption', 0\) is no evaluation run"):
         dataclasses.replace(plan, eval_runs=(("caption", 0),))
