@@ -69,7 +69,7 @@ class FactsProbeSettings:
     heldout_fraction: float = 0.2  # with heldout="train": the share of each class's train objects held out
     fit_per_class: int | None = None  # fit objects per class (the first by object id; None = all)
     min_fit: int = 10  # a target needs at least this many fit objects (and two values among them)
-    ridge: float = 1.0  # L2 penalty, in units of the mean squared norm of a standardised feature vector
+    ridge: float = 0.1  # L2 penalty, in units of the mean squared norm of a standardised feature vector
     seed: int = 0  # the choice of held-out objects with heldout="train"
     file_points: int = 8192  # points in the data files
 
