@@ -157,8 +157,20 @@ def probe_cmd(args: argparse.Namespace) -> int:
         file_points=args.file_points,
         decode_layers=tuple(args.decode_layers),
     )
-    probe([Path(c) for c in args.checkpoint], Path(args.data_root), Path(args.out), settings)
+    checkpoints, root, out = [Path(c) for c in args.checkpoint], Path(args.data_root), Path(args.out)
+    if args.facts:
+        from pointalign.analysis.facts_probe import FactsProbeSettings, facts_probe, load_facts
+
+        given = {"heldout": args.facts_heldout, "fit_per_class": args.facts_fit_per_class, "seed": args.facts_seed}
+        facts_settings = FactsProbeSettings(
+            file_points=args.file_points, **{k: v for k, v in given.items() if v is not None}
+        )
+        load_facts(root)  # a root without facts: an error before anything is computed or written
+    probe(checkpoints, root, out, settings)
     written = ["probe.csv", "probe.png", *(["decode.csv"] if args.decode_layers else [])]
+    if args.facts:
+        facts_probe(checkpoints, root, out, facts_settings)
+        written += ["facts.csv", "facts_objects.csv", "facts_targets.csv", "facts.png"]
     print("written: " + ", ".join(str(Path(args.out) / name) for name in written))
     return 0
 
@@ -401,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fit a fresh alignment projector at these layers (0 = input embeddings, -1 = last) and write its "
         "held-out loss 1 - cos to decode.csv: how much of PointAlign's target the point tokens still carry",
     )
+    pr.add_argument(
+        "--facts",
+        action="store_true",
+        help="also probe the embedded dataset's object facts (part counts, main and part colours, variants, "
+        "proportions, optional parts) per layer with a ridge linear probe fitted on train objects and scored on "
+        "held-out coloured objects: facts.csv, facts_objects.csv (per object 0/1), facts_targets.csv, facts.png",
+    )
+    pr.add_argument(
+        "--facts-heldout",
+        choices=["val", "train"],
+        default=None,
+        help="objects the facts probe is scored on: the val split (default) or a seeded part of the train split",
+    )
+    pr.add_argument("--facts-fit-per-class", type=int, default=None, help="fit objects per class (default: all)")
+    pr.add_argument("--facts-seed", type=int, default=None, help="seed of the held-out part of --facts-heldout train")
     pr.set_defaults(func=probe_cmd)
 
     dg = sub.add_parser("diagnose", help="where class information stops reaching the answer: probes at every seam")
