@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import pointalign.analysis.reproduce as rm
+from pointalign.analysis.facts_probe import FactsProbeResult
 from pointalign.analysis.probe import ProbeResult, ProbeSettings
 from pointalign.analysis.reproduce import EVAL_RUNS, PLANS, Plan, alignment_trace, probe_scores, probe_summary
 from pointalign.checkpoint import save_checkpoint
@@ -166,6 +167,11 @@ def fake_pipeline(tmp_path, monkeypatch):
         rm, "cached_probe", lambda ckpt, root, settings: ProbeResult({1: [50.0, 40.0, 45.0]}, 1, {0: 0.1, 2: 0.3})
     )
     monkeypatch.setattr(rm, "probe", lambda *args, **kwargs: None)
+    pairs = [(str(i), "counts", "chair/legs", "4") for i in range(20)]
+    correct = [[i % 2 for i in range(20)], [i % 3 == 0 for i in range(20)], [1] * 20]  # layers 0, 1, 2
+    facts = FactsProbeResult(1, "the val split", pairs, [[int(v) for v in row] for row in correct], [0] * 20)
+    monkeypatch.setattr(rm, "cached_facts_probe", lambda ckpt, root, settings: facts)
+    monkeypatch.setattr(rm, "facts_probe", lambda *args, **kwargs: None)
     return asked
 
 
@@ -187,7 +193,11 @@ def test_reproduce_limit_reaches_every_evaluation_and_the_report(tmp_path, fake_
     md = (out / "report.md").read_text()
     head = md.split("\n## ")[0]
     assert "PointAlign is better on 4 (ModelNet40 close-set accuracy, prompt 0 (I);" in head
-    assert "worse on none" in head and "indistinguishable on 5" in head
+    assert "worse on none" in head and "indistinguishable on 7" in head  # 5 + the facts probe at layers 1 and 2
+    assert rows["facts_counts_l1"]["kind"] == "per_object" and rows["facts_counts_l1"]["objects"] == 20
+    assert rows["facts_counts_l1"]["baseline_mean"] == pytest.approx(35.0)  # 7 of 20 objects right at layer 1
+    assert rows["facts_counts_l2"]["pointalign_mean"] == pytest.approx(100.0)
+    assert "Facts probe, counts (held-out objects' facts right, %), LLM layer 2" in md
     assert "- ModelNet40 close-set accuracy, prompt 0 (I): PointAlign is higher than the baseline by" in md
     assert "is indistinguishable from zero (95 % CI [" in md
     assert "50 objects per task spread over each split" in md
@@ -215,6 +225,8 @@ def test_reproduce_plan_drops_runs_and_full_restores_them(tmp_path, fake_pipelin
         "caption_bleu1",
         "caption_rougeL",
         "caption_meteor",
+        "facts_counts_l1",
+        "facts_counts_l2",
     }
     assert all(r["legacy_span"] is None for r in report["rows"]) and report["legacy_span_trained"] is False
     md = (out / "report.md").read_text()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pointalign.analysis.facts_probe import FactsProbeResult, FactsProbeSettings, facts_probe, facts_probe_checkpoint
 from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_checkpoint
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError, DataError
@@ -57,6 +58,7 @@ class Plan:
     points: int
     probe_train_per_class: int
     probe_test_limit: int | None  # test objects for the probe (None = the whole test split)
+    facts_fit_per_class: int | None = None  # train objects per class the facts probe fits on (None = all)
     eval_limit: int | None = None  # objects per evaluation task, spread over its list (None = all of them)
     eval_runs: tuple[tuple[str, int], ...] = EVAL_RUNS  # (task, prompt index) evaluated on every checkpoint
     legacy_span: bool = True  # also train and evaluate one stage 2 with the reference's legacy alignment span
@@ -93,6 +95,7 @@ PLANS = {
         test_per_class=1,
         points=256,
         probe_train_per_class=2,
+        facts_fit_per_class=4,
         probe_test_limit=8,
         eval_limit=8,
         max_new_tokens_cls=8,
@@ -105,6 +108,7 @@ PLANS = {
         points=2048,
         probe_train_per_class=8,
         probe_test_limit=None,
+        facts_fit_per_class=12,
         # Every object of each split; to hold the 30-minute budget the quickstart evaluates prompt 0 of both
         # classification tasks and the captioning prompt, and trains no legacy-span model (`--full` runs them all).
         eval_runs=(("cls-closed", 0), ("cls-open", 0), ("caption", 2)),
@@ -367,6 +371,22 @@ def reproduce(
         probe_fn=lambda ckpt, *_: results[ckpt],
     )
     probe_table = {name: probe_summary(results[ckpt].accuracy, align_layer) for name, ckpt in seed0.items()}
+    facts_settings = FactsProbeSettings(fit_per_class=plan.facts_fit_per_class, file_points=file_points)
+    facts = {ckpt: cached_facts_probe(ckpt, root, facts_settings) for ckpt in probed}
+    for name in runs:
+        for ckpt, summary in zip(runs[name], summaries[name]):
+            add_facts_scores(summary, facts[ckpt], align_layer)
+    if legacy_summary is not None:
+        add_facts_scores(legacy_summary, facts[legacy], align_layer)
+    facts_probe(  # seed 0's facts curves: facts.csv, facts_objects.csv, facts_targets.csv and facts.png
+        list(seed0.values()),
+        root,
+        out / "probe",
+        facts_settings,
+        names=list(seed0),
+        print_fn=print_fn,
+        probe_fn=lambda ckpt, *_: facts[ckpt],
+    )
     report = build_report(preset, seeds, summaries, legacy_summary, align_layer, plan)
     report["probe"] = {
         "train_per_class": plan.probe_train_per_class,
@@ -404,6 +424,47 @@ def cached_probe(ckpt: Path, root: Path, settings: ProbeSettings) -> ProbeResult
     tmp.write_text(json.dumps({"settings": key, **asdict(result)}, indent=1))
     tmp.replace(path)
     return result
+
+
+def cached_facts_probe(ckpt: Path, root: Path, settings: FactsProbeSettings) -> FactsProbeResult:
+    """``facts_probe_checkpoint``, kept in ``<ckpt>/evaluation/facts.json`` and reused while its settings match."""
+    path = ckpt / "evaluation" / "facts.json"
+    key = {"root": str(root), **json.loads(json.dumps(asdict(settings)))}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == key:
+            return FactsProbeResult.from_dict(saved["result"])
+    result = facts_probe_checkpoint(ckpt, root, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": key, "result": result.to_dict()}))
+    tmp.replace(path)
+    return result
+
+
+FACTS = "facts_"  # score key prefix of the facts probe: facts_{family}_l{layer}
+
+
+def add_facts_scores(summary: dict, result: FactsProbeResult, align_layer: int) -> None:
+    """Per-object facts-probe scores into an ``evaluate_model`` summary, so that the report gives them CIs and paired
+    tests like the evaluation's: for each family, at the alignment layer and at the last layer, each held-out
+    object's share (%) of that family's facts the probe gets right."""
+    last = len(result.correct) - 1
+    for layer in sorted({align_layer, last}):
+        for family in result.families:
+            per_object: dict[str, list[int]] = {}
+            for (oid, _, _), ok in result.correctness(layer, family).items():
+                per_object.setdefault(oid, []).append(ok)
+            ids = sorted(per_object)
+            values = [statistics.fmean(per_object[o]) for o in ids]
+            key = f"{FACTS}{family.replace(' ', '_')}_l{layer}"
+            summary["objects"][key] = {"ids": ids, "values": values, "scale": 100.0}
+            summary["scores"][key] = 100.0 * statistics.fmean(values)
+
+
+def _facts_label(key: str) -> str:
+    family, layer = key.removeprefix(FACTS).rsplit("_l", 1)
+    return f"Facts probe, {family.replace('_', ' ')} (held-out objects' facts right, %), LLM layer {layer}"
 
 
 def mean_from(accs: list[float], align_layer: int) -> float:
@@ -551,7 +612,12 @@ def build_report(preset: str, seeds: int, summaries: dict, legacy: dict | None, 
     rows = []
     first = summaries["baseline"][0]
     layers = sorted({int(k.removeprefix(DECODE)) for k in first["scores"] if k.startswith(DECODE)})
-    for key, label in [*METRICS, *[(f"{DECODE}{layer}", _decode_label(layer)) for layer in layers]]:
+    facts = sorted(k for k in first["scores"] if k.startswith(FACTS))
+    for key, label in [
+        *METRICS,
+        *[(k, _facts_label(k)) for k in facts],
+        *[(f"{DECODE}{layer}", _decode_label(layer)) for layer in layers],
+    ]:
         b = [s["scores"][key] for s in summaries["baseline"] if key in s["scores"]]
         p = [s["scores"][key] for s in summaries["pointalign"] if key in s["scores"]]
         if not b or not p:
