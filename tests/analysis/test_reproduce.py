@@ -51,7 +51,9 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     assert caption["baseline_ci"][0] <= caption["baseline_mean"] <= caption["baseline_ci"][1]
     assert 0 < caption["p_value"] <= 1 and caption["legacy_span_ci"] is not None
     md = (out / "report.md").read_text()
-    assert md.split("\n")[2].startswith("**Verdict.** Of 9 evaluation metrics")
+    facts = sorted(m for m in metrics if m.startswith("facts_"))
+    assert facts == ["facts_colour_l2", "facts_colour_l4"]  # tiny: only the main colour has enough fit objects
+    assert md.split("\n")[2].startswith("**Verdict.** Of 11 evaluation metrics")  # 9 + the facts probe's 2
     assert "| metric | objects | baseline | PointAlign | delta [95 % CI] | p | PointAlign, legacy span (seed 0) |" in md
     assert "| metric | baseline | PointAlign | delta | PointAlign, legacy span (seed 0) |" in md  # the probe rows
     summary = json.loads((out / "stage2-seed0" / "evaluation" / "summary.json").read_text())
@@ -63,7 +65,8 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     assert "| pointalign | 10 |" in md and "input embeddings" in md
     assert report["alignment_loss"]["runs"] == 1 and "Alignment loss (1 - cos)" in md
     assert {"probe_loss_k1", "probe_loss_k10", "decode_l0", "decode_l2"} <= metrics  # tiny: alignment layer 2
-    assert (out / "probe" / "decode.csv").is_file()
+    assert (out / "probe" / "decode.csv").is_file() and (out / "probe" / "facts.png").is_file()
+    assert (out / "stage2-seed0" / "evaluation" / "facts.json").is_file()
     stamp = (out / "stage2-seed0" / "model.safetensors").stat().st_mtime
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0  # reuses every finished step
     assert (out / "stage2-seed0" / "model.safetensors").stat().st_mtime == stamp
