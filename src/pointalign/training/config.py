@@ -115,6 +115,20 @@ class ContrastiveConfig:
 
 
 @dataclass
+class WordsConfig:
+    """Stage kind ``words``: point tokens pulled towards the LLM's input embeddings of their caption's words."""
+
+    max_df: float = 0.25  # caption tokens found in more than this share of the captions (" a", " with") are skipped
+    temperature: float = 0.05  # softmax temperature of the cosine scores over the caption vocabulary
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_df <= 1.0:
+            raise ConfigError(f"words.max_df: must be in (0, 1], got {self.max_df}")
+        if self.temperature <= 0:
+            raise ConfigError(f"words.temperature: must be > 0, got {self.temperature}")
+
+
+@dataclass
 class CacheConfig:
     """Stage-2 feature cache: everything before the LLM is frozen, so its outputs are computed once per object."""
 
@@ -132,7 +146,8 @@ class LogConfig:
 class TrainConfig:
     stage: str  # the stage, e.g. "stage2": its default trainable policy, and the output sub-folder
     run_name: str | None = None  # output sub-folder instead of the stage name (e.g. "stage2-seed1")
-    kind: Literal["contrastive", "instruct"] = "instruct"  # stage 0 is contrastive, stages 1-2 instruction tuning
+    # stage 0 is contrastive, stages 1-2 instruction tuning; "words" pre-aligns the projector (training/words.py)
+    kind: Literal["contrastive", "instruct", "words"] = "instruct"
     init_from: str | None = None  # previous stage name (under the same --out) or a checkpoint folder; None = build
     preset: str = "cpu-small"  # model preset when building from scratch
     model_set: dict[str, Any] = field(default_factory=dict)  # model config overrides, dotted keys
@@ -141,6 +156,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    words: WordsConfig = field(default_factory=WordsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 42

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pointalign.errors import ConfigError
+from pointalign.training.config import load_train_config
+from pointalign.training.words import caption_words, word_loss
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+
+
+class WordTokenizer:
+    """One token id per word (ids in order of first sight)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.ids.setdefault(w, len(self.ids)) for w in text.split()]}
+
+
+def test_caption_words_skip_frequent_tokens():
+    captions = ["A red chair.", "A blue chair.", "A red table."]
+    tok = WordTokenizer()
+    keep, targets = caption_words(captions, tok, max_df=0.7)
+    words = {v: k for k, v in tok.ids.items()}
+    assert [words[t] for t in keep] == ["red", "chair.", "blue", "table."]  # "a" is in every caption
+    assert [[words[keep[i]] for i in targets[c]] for c in captions] == [
+        ["red", "chair."],
+        ["chair.", "blue"],
+        ["red", "table."],
+    ]
+    with pytest.raises(ConfigError, match="words.max_df"):
+        caption_words(["a a", "a"], WordTokenizer(), max_df=0.5)
+
+
+def test_word_loss_by_hand():
+    vocab = torch.eye(3)  # (W=3, D=3) unit word embeddings
+    tokens = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])  # (B=1, Q=2, D): near words 0 and 1
+    scores = torch.tensor([1.0, 1.0, 0.0]) / 0.5
+    expected = -(scores.log_softmax(-1)[2])
+    assert float(word_loss(tokens, vocab, [[2]], 0.5)) == pytest.approx(float(expected))
+    both = -(scores.log_softmax(-1)[:2]).mean()
+    assert float(word_loss(tokens, vocab, [[0, 1]], 0.5)) == pytest.approx(float(both))
+    with pytest.raises(ConfigError, match="no caption in the batch"):
+        word_loss(tokens, vocab, [[]], 0.5)
+
+
+def test_words_stage_trains_the_projector_only(tiny_data, tmp_path):
+    from pointalign.cli import main
+    from pointalign.training.run import run_stage
+
+    common = [f"data.root={tiny_data}"]
+    assert main(["train", str(CONFIGS / "stage0.yaml"), "--out", str(tmp_path), *common]) == 0
+    overrides = [
+        *common,
+        "kind=words",
+        "stage=stage1a",
+        "run_name=words",
+        "cache.kind=none",
+        "optim.steps=30",
+        "optim.lr=1e-2",
+        "data.colour_dropout=0.5",
+        "trainable={bridge: frozen, qformer: frozen, query_tokens: frozen, projector: full}",
+        "words.max_df=0.5",
+    ]
+    cfg = load_train_config(CONFIGS / "stage1a.yaml", overrides)
+    run_stage(cfg, tmp_path, print_fn=lambda *_: None)
+    saved = load_file(str(tmp_path / "words" / "model.safetensors"))
+    assert saved and all(k.startswith("projector.") for k in saved)
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "logs" / "words" / "metrics.jsonl").open()]
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_words_stage_refuses_a_feature_cache(tiny_data, tmp_path, capsys):
+    from pointalign.cli import main
+
+    args = ["train", str(CONFIGS / "stage1a.yaml"), "--out", str(tmp_path), f"data.root={tiny_data}", "kind=words"]
+    assert main([*args, "cache.kind=memory"]) == 2
+    assert "cache.kind: none" in capsys.readouterr().err
+    assert not (tmp_path / "stage1a").exists()
