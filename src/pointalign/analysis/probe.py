@@ -76,6 +76,23 @@ class ProbeResult:
 
 
 @torch.no_grad()
+def prompt_forward(model: PointAlignModel, clouds: torch.Tensor, question: str = PROBE_PROMPT, **llm_kwargs):
+    """The LLM run once over the generation prompt of ``question`` with each of the (B, N, F) ``clouds``' point
+    tokens spliced in: (the left-padded PromptBatch, the PointFeatures, the LLM's output with ``llm_kwargs``)."""
+    device = next(model.parameters()).device
+    batch = model.builder.collate([model.builder.encode([], question)] * len(clouds), "left").to(device)
+    feats = model.encode_points(clouds.to(device))
+    out = model.llm(
+        inputs_embeds=model.embed(batch, feats.point_tokens),
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+        use_cache=False,
+        **llm_kwargs,
+    )
+    return batch, feats, out
+
+
+@torch.no_grad()
 def point_states(
     model: PointAlignModel, clouds: torch.Tensor, layers: tuple[int, ...] = (), batch_size: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,19 +100,11 @@ def point_states(
     Q-Former outputs (N, Q, Dq)."""
     model.eval()
     device = next(model.parameters()).device
-    item = model.builder.encode([], PROBE_PROMPT)
     pooled, kept, queries = [], [], []
     for i in range(0, len(clouds), batch_size):
-        chunk = clouds[i : i + batch_size].to(device)
-        batch = model.builder.collate([item] * len(chunk), "left").to(device)
-        feats = model.encode_points(chunk)
-        hidden = model.llm(
-            inputs_embeds=model.embed(batch, feats.point_tokens),
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids(batch.attention_mask),
-            output_hidden_states=True,
-            use_cache=False,
-        ).hidden_states  # L+1 tensors (B, T, D)
+        chunk = clouds[i : i + batch_size]
+        batch, feats, out = prompt_forward(model, chunk, output_hidden_states=True)
+        hidden = out.hidden_states  # L+1 tensors (B, T, D)
         rows = torch.arange(len(chunk), device=device)[:, None]
         tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
         pooled.append(torch.stack([t.mean(dim=1) for t in tokens]).cpu())

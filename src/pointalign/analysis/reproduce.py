@@ -361,15 +361,6 @@ def reproduce(
     seed0 = {"baseline": runs["baseline"][0], "pointalign": runs["pointalign"][0]}
     if legacy is not None:
         seed0["legacy-span"] = legacy
-    probe(  # seed 0's curves: probe.csv and probe.png, from the accuracies above
-        list(seed0.values()),
-        root,
-        out / "probe",
-        settings,
-        names=list(seed0),
-        print_fn=print_fn,
-        probe_fn=lambda ckpt, *_: results[ckpt],
-    )
     probe_table = {name: probe_summary(results[ckpt].accuracy, align_layer) for name, ckpt in seed0.items()}
     facts_settings = FactsProbeSettings(fit_per_class=plan.facts_fit_per_class, file_points=file_points)
     facts = {ckpt: cached_facts_probe(ckpt, root, facts_settings) for ckpt in probed}
@@ -378,15 +369,18 @@ def reproduce(
             add_facts_scores(summary, facts[ckpt], align_layer)
     if legacy_summary is not None:
         add_facts_scores(legacy_summary, facts[legacy], align_layer)
-    facts_probe(  # seed 0's facts curves: facts.csv, facts_objects.csv, facts_targets.csv and facts.png
-        list(seed0.values()),
-        root,
-        out / "probe",
-        facts_settings,
-        names=list(seed0),
-        print_fn=print_fn,
-        probe_fn=lambda ckpt, *_: facts[ckpt],
-    )
+    # seed 0's curves from the results above: probe.csv / probe.png and facts.csv / facts_objects.csv /
+    # facts_targets.csv / facts.png
+    for curves, curve_settings, got in ((probe, settings, results), (facts_probe, facts_settings, facts)):
+        curves(
+            list(seed0.values()),
+            root,
+            out / "probe",
+            curve_settings,
+            names=list(seed0),
+            print_fn=print_fn,
+            probe_fn=lambda ckpt, *_, got=got: got[ckpt],
+        )
     report = build_report(preset, seeds, summaries, legacy_summary, align_layer, plan)
     report["probe"] = {
         "train_per_class": plan.probe_train_per_class,

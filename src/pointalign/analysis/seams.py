@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pointalign.analysis.probe import knn_accuracy, labelled_train_objects, point_states
+from pointalign.analysis.probe import knn_accuracy, labelled_train_objects, point_states, prompt_forward
 from pointalign.data.readers import PointLLMFolder, read_annotations
 from pointalign.data.synth import VAL_GT_FILE
 from pointalign.eval.tasks import PROMPTS, load_items, spread
 from pointalign.models.point_encoder import reduce_points
-from pointalign.models.pointalign import PointAlignModel, position_ids
+from pointalign.models.pointalign import PointAlignModel
 
 
 @dataclass(frozen=True)
@@ -126,19 +126,10 @@ def attention_to_points(model: PointAlignModel, clouds: Tensor) -> list[float]:
     previous = llm.config._attn_implementation
     llm.set_attn_implementation("eager")  # only eager attention returns its weights
     try:
-        device = next(model.parameters()).device
-        batch = model.builder.collate([model.builder.encode([], PROMPTS[0])] * len(clouds), "left").to(device)
-        feats = model.encode_points(clouds.to(device))
-        out = model.llm(
-            inputs_embeds=model.embed(batch, feats.point_tokens),
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids(batch.attention_mask),
-            output_attentions=True,
-            use_cache=False,
-        )
+        batch, _, out = prompt_forward(model, clouds, PROMPTS[0], output_attentions=True)
     finally:
         llm.set_attn_implementation(previous)
-    rows = torch.arange(len(clouds), device=device)[:, None]  # (B, 1)
+    rows = torch.arange(len(clouds), device=batch.input_ids.device)[:, None]  # (B, 1)
     shares = []
     for att in out.attentions:  # (B, H, L, L)
         last = att[:, :, -1, :].float()  # (B, H, L): the last position attends
