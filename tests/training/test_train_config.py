@@ -84,3 +84,10 @@ def test_trainable_in_a_config_changes_only_the_parts_it_names(tmp_path):
     cfg = load_train_config(path, ["trainable.bridge=full"])
     assert cfg.trainable.point_encoder == "full"  # stage 0's default, kept
     assert (cfg.trainable.qformer, cfg.trainable.bridge, cfg.trainable.llm) == ("full", "full", "frozen")
+
+
+def test_cpu_small_words_alternative_to_stage1a():
+    cfg = load_train_config(CONFIGS / "cpu-small" / "stage1a-words.yaml")
+    assert cfg.kind == "words" and cfg.stage == "stage1a" and cfg.init_from == "stage0"
+    assert cfg.cache.kind == "none" and cfg.model_set == {"projector.output_scale": "text"}
+    assert cfg.trainable.projector == "full" and cfg.trainable.qformer == "frozen" and cfg.trainable.llm == "frozen"
