@@ -162,26 +162,35 @@ def decode_loss(
         return float(alignment_loss(proj(test_h / scale), test_q))
 
 
+def labelled_clouds(
+    root: Path, num_points: int, train_per_class: int, test_limit: int | None, file_points: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probes' objects: ``train_per_class`` labelled train clouds (N, P, F) and the test split's clouds (M, P, F)
+    (``test_limit`` of them spread over it), with class indices (N,) and (M,) over the sorted class names. When the
+    test clouds have no colour (ModelNet40's format), the train clouds' colours are zeroed: like is compared with
+    like."""
+    folder = PointLLMFolder(root, file_points)
+    train = labelled_train_objects(root, train_per_class)
+    test_items = spread(load_items("cls-closed", root, num_points, file_points), test_limit)
+    classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
+    train_clouds = torch.stack([reduce_points(torch.from_numpy(folder.cloud(o)), num_points) for o, _ in train])
+    test_clouds = torch.stack([it.points() for it in test_items])
+    if test_clouds[..., 3:].abs().max() == 0:
+        train_clouds[..., 3:] = 0.0
+    train_y = torch.tensor([classes.index(c) for _, c in train])
+    test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
+    return train_clouds, train_y, test_clouds, test_y
+
+
 def probe_checkpoint(ckpt: Path, root: Path, settings: ProbeSettings = ProbeSettings()) -> ProbeResult:
     """One checkpoint's KNN accuracy per layer for each K, its alignment layer, and (``settings.decode_layers``) the
     held-out loss of an alignment projector fitted at those layers."""
     from pointalign.checkpoint import load_model
 
     model, cfg = load_model(ckpt, for_inference=True)
-    folder = PointLLMFolder(root, settings.file_points)
-    train = labelled_train_objects(root, settings.train_per_class)
-    test_items = spread(
-        load_items("cls-closed", root, cfg.encoder.num_points, settings.file_points), settings.test_limit
+    train_clouds, train_y, test_clouds, test_y = labelled_clouds(
+        root, cfg.encoder.num_points, settings.train_per_class, settings.test_limit, settings.file_points
     )
-    classes = sorted({it.label_name for it in test_items} | {c for _, c in train})
-    train_clouds = torch.stack(
-        [reduce_points(torch.from_numpy(folder.cloud(o)), cfg.encoder.num_points) for o, _ in train]
-    )
-    train_y = torch.tensor([classes.index(c) for _, c in train])
-    test_clouds = torch.stack([it.points() for it in test_items])
-    if test_clouds[..., 3:].abs().max() == 0:  # ModelNet-format test clouds have no colour: compare like with like
-        train_clouds[..., 3:] = 0.0
-    test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
     n_states = len(decoder_layers(model.llm)) + 1
     layers = tuple(sorted({layer % n_states for layer in settings.decode_layers}))
     f_train, h_train, q_train = point_states(model, train_clouds, layers)

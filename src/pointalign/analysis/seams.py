@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pointalign.analysis.probe import knn_accuracy, labelled_train_objects, point_states, prompt_forward
+from pointalign.analysis.probe import knn_accuracy, labelled_clouds, point_states, prompt_forward
 from pointalign.data.readers import PointLLMFolder, read_annotations
 from pointalign.data.synth import VAL_GT_FILE
-from pointalign.eval.tasks import PROMPTS, load_items, spread
+from pointalign.eval.tasks import PROMPTS
 from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel
 
@@ -140,17 +140,9 @@ def attention_to_points(model: PointAlignModel, clouds: Tensor) -> list[float]:
 def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSettings()) -> SeamReport:
     """Every seam measurement of ``model`` on the dataset at ``root`` (see the module docstring)."""
     n = model.config.encoder.num_points
-    folder = PointLLMFolder(root, settings.file_points)
-    train = labelled_train_objects(root, settings.train_per_class)
-    items = spread(load_items("cls-closed", root, n, settings.file_points), settings.test_limit)
-    classes = sorted({c for _, c in train} | {it.label_name for it in items})
-    index = {c: i for i, c in enumerate(classes)}
-    test = torch.stack([it.points() for it in items])  # (M, P, F)
-    train_pts = torch.stack([reduce_points(torch.from_numpy(folder.cloud(o)), n) for o, _ in train])  # (N, P, F)
-    if test[..., 3:].abs().sum() == 0:
-        train_pts[..., 3:] = 0.0
-    train_y = torch.tensor([index[c] for _, c in train])
-    test_y = torch.tensor([index[it.label_name] for it in items])
+    train_pts, train_y, test, test_y = labelled_clouds(
+        root, n, settings.train_per_class, settings.test_limit, settings.file_points
+    )  # (N, P, F), (N,), (M, P, F), (M,)
 
     def both(a: Tensor, b: Tensor) -> tuple[float, float]:
         knn = knn_accuracy(a, train_y, b, test_y, 1)
@@ -164,7 +156,7 @@ def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSe
         where = "LLM input embeddings" if layer == 0 else f"LLM layer {layer}"
         probes.append((where, *both(layers_train[layer], layers_test[layer])))
 
-    tokens = seams_test["point tokens (all queries)"].view(len(items), model.config.qformer.num_queries, -1)
+    tokens = seams_test["point tokens (all queries)"].view(len(test), model.config.qformer.num_queries, -1)
     text = model.llm.get_input_embeddings().weight.float()
     mean_tok = seams_test["point tokens"]  # (M, D)
     unit = torch.nn.functional.normalize(mean_tok, dim=-1)
@@ -172,6 +164,7 @@ def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSe
     off_diagonal = cos[~torch.eye(len(unit), dtype=torch.bool)]
     centre = mean_tok.mean(0)
 
+    folder = PointLLMFolder(root, settings.file_points)
     records = read_annotations(root / "anno_data" / VAL_GT_FILE)[: settings.caption_objects]
     val = torch.stack([reduce_points(torch.from_numpy(folder.cloud(r.object_id)), n) for r in records])
     captions = [r.turns[0][1] for r in records]

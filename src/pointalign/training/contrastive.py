@@ -32,7 +32,7 @@ from pointalign.models.pointalign import PointAlignModel
 from pointalign.text_encoder import embed_texts
 from pointalign.training.config import TrainConfig
 from pointalign.training.data import MixtureData, PointStore
-from pointalign.training.distributed import DistInfo
+from pointalign.training.distributed import DistInfo, average_gradients
 from pointalign.training.loop import StageKind, StageRun, autocast, build_stage_model
 from pointalign.training.optim import build_optimizer
 from pointalign.training.precision import PrecisionChoice, resolve_precision
@@ -188,13 +188,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
         loss = loss + query_loss
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if run.dist.world > 1:
-        import torch.distributed as tdist
-
-        for p in module.parameters():
-            if p.grad is not None:
-                tdist.all_reduce(p.grad)
-                p.grad /= run.dist.world
+    average_gradients(module.parameters(), run.dist)
     run.optimizer.step()
     metrics = {
         "loss": float(loss.detach()),

@@ -49,6 +49,17 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world
 
 
+def average_gradients(params, info: DistInfo) -> None:
+    """Average the gradients of ``params`` over the processes in place (summed, then divided: gloo has no AVG);
+    for steps that train outside DistributedDataParallel's own averaging."""
+    if info.world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= info.world
+
+
 def cleanup(info: DistInfo) -> None:
     if info.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,7 +24,7 @@ from torch import nn
 
 from pointalign.errors import ConfigError
 from pointalign.training.config import TrainConfig
-from pointalign.training.distributed import DistInfo, all_reduce_mean
+from pointalign.training.distributed import DistInfo, all_reduce_mean, average_gradients
 from pointalign.training.loop import StageKind, StageRun, autocast, cloud_keys, clouds_for, setup
 from pointalign.training.precision import PrecisionChoice
 
@@ -81,10 +81,7 @@ def words_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     loss = word_loss(tokens, run.aux["vocab"], targets, run.cfg.words.temperature)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if run.dist.world > 1:
-        for p in model.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+    average_gradients(model.parameters(), run.dist)
     run.optimizer.step()
     return {"loss": float(all_reduce_mean(loss.detach(), run.dist)), "samples": len(records) * run.dist.world}
 
