@@ -51,6 +51,23 @@ def test_inference_load_never_builds_the_projector_and_reproduces_outputs(tiny_m
     assert torch.equal(training.align_projector.net[0].weight, tiny_model.align_projector.net[0].weight)
 
 
+def test_inference_load_merges_lora_with_the_same_states(tiny_model, tiny_config, tmp_path):
+    """The LoRA deltas (non-zero after a step) are added into the fp32 base weights: no adapter is left, and every
+    layer's point-token states match the unmerged model's."""
+    from pointalign.analysis.probe import point_states
+
+    train_a_step(tiny_model)
+    save_checkpoint(tiny_model, tmp_path / "ck", tiny_config, what="full")
+    loaded, _ = load_model(tmp_path / "ck", for_inference=True)
+    assert not any("lora_" in n for n, _ in loaded.llm.named_parameters())
+    assert any("lora_" in n for n, _ in tiny_model.llm.named_parameters())
+    pts = clouds(3, 256)
+    merged, unmerged = point_states(loaded, pts)[0], point_states(tiny_model, pts)[0]  # (L+1, 3, D)
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    training, _ = load_model(tmp_path / "ck", for_inference=False)
+    assert any("lora_" in n for n, _ in training.llm.named_parameters())  # training keeps the adapters
+
+
 def test_parent_chain(tiny_model, tiny_config, tmp_path):
     save_checkpoint(tiny_model, tmp_path / "base", tiny_config, what="full")
     train_a_step(tiny_model)

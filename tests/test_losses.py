@@ -26,13 +26,28 @@ def test_alignment_loss_shape_mismatch():
 
 
 def test_next_token_loss_by_hand():
-    logits = torch.zeros(1, 3, 4)
-    logits[0, 0, 2] = 2.0
+    hidden = torch.zeros(1, 3, 4)
+    hidden[0, 0, 2] = 2.0
     labels = torch.tensor([[-100, 2, -100]])
-    expected = -torch.log_softmax(logits[0, 0], -1)[2]
-    assert next_token_loss(logits, labels).item() == pytest.approx(expected.item())
+    expected = -torch.log_softmax(hidden[0, 0], -1)[2]
+    loss, logits = next_token_loss(hidden, labels, torch.nn.Identity())
+    assert loss.item() == pytest.approx(expected.item())
+    assert logits.shape == (1, 4)
     with pytest.raises(ValueError, match="no supervised token"):
-        next_token_loss(logits, torch.full((1, 3), -100))
+        next_token_loss(hidden, torch.full((1, 3), -100), torch.nn.Identity())
+
+
+def test_next_token_loss_equals_the_full_logits_loss():
+    """The head runs only at supervised positions; the loss is the one over the full (B, L, V) logits."""
+    torch.manual_seed(0)
+    hidden, head = torch.randn(3, 7, 5), torch.nn.Linear(5, 11)
+    labels = torch.randint(0, 11, (3, 7))
+    labels[0, :4] = labels[1, :2] = labels[2, 5:] = -100
+    full = head(hidden)  # (B, L, V)
+    expected = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
+    loss, logits = next_token_loss(hidden, labels, head)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(logits, full[:, :-1][labels[:, 1:] != -100])
 
 
 def test_gather_positions():

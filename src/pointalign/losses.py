@@ -5,6 +5,8 @@ Notation used for tensor shapes: B batch, L tokens, V vocabulary, Q point tokens
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -12,18 +14,24 @@ from torch import Tensor
 from pointalign.data.prompts import IGNORE_INDEX
 
 
-def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Shifted cross-entropy averaged over all supervised (non -100) targets of the batch.
+def next_token_loss(hidden: Tensor, labels: Tensor, head: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Shifted cross-entropy averaged over all supervised (non -100) targets of the batch, running the output head
+    only at the positions that predict one (the prompt and the point tokens, most of a sequence, never reach it).
 
     Args:
-        logits: (B, L, V).
+        hidden: (B, L, D) final hidden states.
         labels: (B, L), IGNORE_INDEX where not supervised.
+        head: the LLM's output layer, (S, D) -> (S, V).
+
+    Returns:
+        The loss and the (S, V) logits of the S supervised targets (row-major over batch and position).
     """
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B*(L-1), V)
-    shift_labels = labels[:, 1:].reshape(-1)  # (B*(L-1),)
-    if not (shift_labels != IGNORE_INDEX).any():
+    targets = labels[:, 1:]  # (B, L-1): position t predicts token t + 1
+    keep = targets != IGNORE_INDEX  # (B, L-1)
+    if not keep.any():
         raise ValueError("next_token_loss: the batch has no supervised token")
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    logits = head(hidden[:, :-1][keep])  # (S, V)
+    return F.cross_entropy(logits.float(), targets[keep]), logits
 
 
 def gather_positions(hidden: Tensor, positions: Tensor) -> Tensor:

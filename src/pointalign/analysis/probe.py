@@ -29,7 +29,7 @@ from pointalign.data.readers import PointLLMFolder
 from pointalign.errors import DataError
 from pointalign.eval.tasks import load_items, spread
 from pointalign.losses import alignment_loss
-from pointalign.models.llm import decoder_layers
+from pointalign.models.llm import decoder_layers, decoder_stack
 from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel, position_ids
 from pointalign.models.projector import AlignmentProjector
@@ -77,12 +77,13 @@ class ProbeResult:
 
 @torch.no_grad()
 def prompt_forward(model: PointAlignModel, clouds: torch.Tensor, question: str = PROBE_PROMPT, **llm_kwargs):
-    """The LLM run once over the generation prompt of ``question`` with each of the (B, N, F) ``clouds``' point
-    tokens spliced in: (the left-padded PromptBatch, the PointFeatures, the LLM's output with ``llm_kwargs``)."""
+    """The LLM's decoder run once over the generation prompt of ``question`` with each of the (B, N, F) ``clouds``'
+    point tokens spliced in: (the left-padded PromptBatch, the PointFeatures, the decoder's output with
+    ``llm_kwargs``: hidden states or attentions, no logits, since no caller reads them)."""
     device = next(model.parameters()).device
     batch = model.builder.collate([model.builder.encode([], question)] * len(clouds), "left").to(device)
     feats = model.encode_points(clouds.to(device))
-    out = model.llm(
+    out = decoder_stack(model.llm)(
         inputs_embeds=model.embed(batch, feats.point_tokens),
         attention_mask=batch.attention_mask,
         position_ids=position_ids(batch.attention_mask),

@@ -201,6 +201,16 @@ def apply_lora(model: nn.Module, cfg: LLMConfig) -> nn.Module:
         return get_peft_model(model, lora)
 
 
+def merge_lora(model: nn.Module) -> nn.Module:
+    """For inference only: the LLM with its LoRA adapters added into the base weights and peft's wrapper gone, which
+    gives the same outputs (to fp32 rounding) a sixth faster on a CPU (README, "Measured"). Base weights in a 16-bit
+    dtype stay unmerged: the rounded sum would change the outputs. The result cannot be trained or saved as LoRA."""
+    merge = getattr(model, "merge_and_unload", None)
+    if not callable(merge) or next(model.parameters()).dtype != torch.float32:
+        return model
+    return merge()
+
+
 def apply_qformer_lora(qformer: nn.Module, cfg: QFormerConfig) -> nn.Module:
     """Inject LoRA into the Q-Former's query/key/value Linears (self- and cross-attention), in place."""
     from peft import inject_adapter_in_model
@@ -212,6 +222,12 @@ def base_model(model: nn.Module) -> nn.Module:
     """The underlying ``*ForCausalLM`` module of a (possibly peft-wrapped) LLM."""
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The decoder without its output head (embeddings, blocks, final norm), LoRA included: it returns
+    ``last_hidden_state``, so a caller can run the head on the positions it needs only."""
+    return base_model(model).get_decoder()
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

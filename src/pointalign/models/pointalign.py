@@ -37,7 +37,7 @@ class PointAlignOutput:
     loss: Tensor  # ntp_loss + weight * align_loss (or ntp_loss alone)
     ntp_loss: Tensor
     align_loss: Tensor | None  # None when the alignment loss is off
-    logits: Tensor  # (B, L, W)
+    logits: Tensor  # (S, W): at the S positions that predict a supervised token only
     num_tokens: int  # supervised tokens in the batch
 
 
@@ -133,16 +133,17 @@ class PointAlignModel(nn.Module):
                 lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
             )
         try:
-            out = self.llm(
+            # the decoder stack alone: the output head runs on the supervised positions only (next_token_loss)
+            hidden = llm_seam.decoder_stack(self.llm)(
                 inputs_embeds=embeds,
                 attention_mask=batch.attention_mask,
                 position_ids=position_ids(batch.attention_mask),
                 use_cache=False,
-            )
+            ).last_hidden_state  # (B, L, D)
         finally:
             if handle is not None:
                 handle.remove()
-        ntp = next_token_loss(out.logits, batch.labels)
+        ntp, logits = next_token_loss(hidden, batch.labels, self.llm.get_output_embeddings())
         align = None
         loss = ntp
         if self.align_projector is not None:
@@ -153,7 +154,7 @@ class PointAlignModel(nn.Module):
             align = alignment_loss(self.align_projector(hidden.to(proj_dtype)), feats.qformer_out)
             loss = ntp + self.align_cfg.weight * align
         num_tokens = int((batch.labels[:, 1:] != -100).sum())
-        return PointAlignOutput(loss=loss, ntp_loss=ntp, align_loss=align, logits=out.logits, num_tokens=num_tokens)
+        return PointAlignOutput(loss=loss, ntp_loss=ntp, align_loss=align, logits=logits, num_tokens=num_tokens)
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
