@@ -27,6 +27,8 @@ import torch
 
 from pointalign.config import preset
 from pointalign.data.synth import synthesize
+from pointalign.losses import next_token_loss
+from pointalign.models.llm import decoder_stack
 from pointalign.training.config import DataConfig, DataSource, OptimConfig, TrainConfig
 from pointalign.training.distributed import DistInfo
 from pointalign.training.loop import setup, train_step
@@ -56,9 +58,13 @@ def warm_cache(run) -> None:
 
 def llm_only_step(run, batch, embeds, opt) -> float:
     t = time.perf_counter()
-    out = run.model.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=batch.labels, use_cache=False)
+    # the decoder and the output head at the supervised positions, as PointAlignModel.forward runs them
+    hidden = decoder_stack(run.model.llm)(
+        inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False
+    ).last_hidden_state
+    loss, _ = next_token_loss(hidden, batch.labels, run.model.llm.get_output_embeddings())
     opt.zero_grad(set_to_none=True)
-    out.loss.backward()
+    loss.backward()
     opt.step()
     return time.perf_counter() - t
 

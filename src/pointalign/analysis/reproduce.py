@@ -115,7 +115,7 @@ PLANS = {
         legacy_span=False,
         max_new_tokens_cls=12,  # "This is a tall grey flight of stairs." is 9 tokens
         max_new_tokens_caption=32,
-        eval_batch_size=32,  # a third faster than 8 on this 2-core machine (greedy, left-padded: the same answers)
+        eval_batch_size=32,  # 1.4-1.9x the objects/s of batch 8 on a 2-core CPU (benchmarks/eval_throughput.py)
     ),
 }
 
