@@ -134,7 +134,7 @@ class PointAlignModel(nn.Module):
             )
         try:
             # the decoder stack alone: the output head runs on the supervised positions only (next_token_loss)
-            hidden = llm_seam.decoder_stack(self.llm)(
+            last = llm_seam.decoder_stack(self.llm)(
                 inputs_embeds=embeds,
                 attention_mask=batch.attention_mask,
                 position_ids=position_ids(batch.attention_mask),
@@ -143,7 +143,7 @@ class PointAlignModel(nn.Module):
         finally:
             if handle is not None:
                 handle.remove()
-        ntp, logits = next_token_loss(hidden, batch.labels, self.llm.get_output_embeddings())
+        ntp, logits = next_token_loss(last, batch.labels, self.llm.get_output_embeddings())  # logits (S, W)
         align = None
         loss = ntp
         if self.align_projector is not None:
@@ -153,8 +153,7 @@ class PointAlignModel(nn.Module):
             proj_dtype = next(self.align_projector.parameters()).dtype
             align = alignment_loss(self.align_projector(hidden.to(proj_dtype)), feats.qformer_out)
             loss = ntp + self.align_cfg.weight * align
-        num_tokens = int((batch.labels[:, 1:] != -100).sum())
-        return PointAlignOutput(loss=loss, ntp_loss=ntp, align_loss=align, logits=logits, num_tokens=num_tokens)
+        return PointAlignOutput(loss=loss, ntp_loss=ntp, align_loss=align, logits=logits, num_tokens=len(logits))
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
