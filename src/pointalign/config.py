@@ -141,6 +141,10 @@ class LLMConfig:
     """The causal LM and its LoRA adapters."""
 
     source: str | None = "smollm2"  # "smollm2" (packaged GGUF), "tiny" (random), or a local Hugging Face folder
+    # "auto": the class the folder's config.json names (transformers' AutoModelForCausalLM; plain Hugging Face Phi-2).
+    # "tinygptv-phi": TinyGPT-V's modified Phi-2, the LLM of MiniGPT-3D and PointAlign, from a Phi-2 folder in either
+    # layout (fused query_key_value or q/k/v_proj); its attention LoRA targets are query_key_value and dense.
+    architecture: Literal["auto", "tinygptv-phi"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights of the frozen base model
     tiny: TinyLLMConfig = field(default_factory=TinyLLMConfig)
     lora_r: int = 64  # 0 = no LoRA modules
@@ -152,6 +156,17 @@ class LLMConfig:
         _check(self.lora_r >= 0, "LLMConfig.lora_r", "must be >= 0")
         _check(0.0 <= self.lora_dropout < 1.0, "LLMConfig.lora_dropout", "must be in [0, 1)")
         _check(len(self.lora_targets) > 0 or self.lora_r == 0, "LLMConfig.lora_targets", "empty while lora_r > 0")
+        _check(
+            self.architecture == "auto" or self.source not in ("tiny", "smollm2"),
+            "LLMConfig.architecture",
+            f"{self.architecture!r} needs llm.source to be a local Phi-2 folder, got {self.source!r}",
+        )
+        split = [t for t in self.lora_targets if t in ("q_proj", "k_proj", "v_proj")]
+        _check(
+            self.architecture != "tinygptv-phi" or self.lora_r == 0 or not split,
+            "LLMConfig.lora_targets",
+            f"TinyGPT-V's Phi has one fused query_key_value, no {split}: use [query_key_value, dense] as the reference",
+        )
 
 
 @dataclass

