@@ -72,19 +72,11 @@ def relative_error(ours, ref, mask):
     return float((ours[mask] - ref[mask]).abs().max() / ref[mask].abs().max())
 
 
-def tiny_phi(**overrides):
-    cfg = dict(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        partial_rotary_factor=0.5,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-    )
+def tiny_phi():
+    """A random TinyGPT-V Phi: 3 blocks, width 16, 2 heads of 8 (4 rotary dims), vocabulary 32; eval mode."""
     torch.manual_seed(0)
-    return TinyGPTVPhiForCausalLM(PhiConfig(**(cfg | overrides))).eval()
+    config = PhiConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2)
+    return TinyGPTVPhiForCausalLM(config).eval()
 
 
 def test_fuse_qkv_orders_rows_by_head_then_qkv():
