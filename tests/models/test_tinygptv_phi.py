@@ -283,14 +283,17 @@ def test_checkpoint_files_apply_in_load_order():
         apply_llm_state(load_phi2_folder(FIXTURE / "Phi_2"), {"model.layers.9.mlp.fc1.weight": torch.zeros(1)}, 16)
 
 
-def test_config_selects_tinygptv_phi_and_plain_phi_stays_available():
+def test_config_selects_tinygptv_phi_and_plain_phi_stays_available(split_folder):
     prompt = PromptConfig(chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
     ours, tokenizer = llm_seam.load_llm(
         LLMConfig(source=str(FIXTURE / "Phi_2"), architecture="tinygptv-phi", lora_r=0), prompt
     )
-    plain, _ = llm_seam.load_llm(LLMConfig(source=str(FIXTURE / "Phi_2")), prompt)
     assert isinstance(ours, TinyGPTVPhiForCausalLM) and tokenizer.eos_token == "<|endoftext|>"
-    assert type(plain).__name__ == "PhiForCausalLM" and hasattr(plain.model.layers[0].self_attn, "q_proj")
+    # Hugging Face's own Phi reads today's layout (a fused-layout folder would leave its q/k/v_proj random)
+    plain, _ = llm_seam.load_llm(LLMConfig(source=str(split_folder)), prompt)
+    assert type(plain).__name__ == "PhiForCausalLM"
+    q = load_file(split_folder / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(plain.model.layers[0].self_attn.q_proj.weight, q.float())
     with pytest.raises(ConfigError, match="architecture"):
         LLMConfig(source="tiny", architecture="tinygptv-phi", lora_targets=("query_key_value", "dense"))
     with pytest.raises(ConfigError, match=r"lora_targets.*query_key_value"):
