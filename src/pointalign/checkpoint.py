@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +38,13 @@ def _llm_base_names(model: PointAlignModel) -> set[str]:
 
 
 def collect_state(
-    model: PointAlignModel, what: Literal["trainable", "full"], for_inference: bool = False
+    model: PointAlignModel,
+    what: Literal["trainable", "full"],
+    for_inference: bool = False,
+    llm_keep: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores (see the module docstring)."""
+    """The tensors a checkpoint stores (see the module docstring). ``llm_keep`` names LLM base tensors that a full
+    save keeps although the LLM has them: those an import took from files other than the LLM's own folder."""
     if what == "trainable":
         keep = {n for n, p in model.named_parameters() if p.requires_grad}
         # Buffers (BatchNorm statistics) of every module that trains whole.
@@ -50,6 +54,7 @@ def collect_state(
     elif what == "full":
         # A random "tiny" LLM is not reloadable from anywhere, so a full save keeps it.
         skip = set() if model.config is not None and model.config.llm.source == "tiny" else _llm_base_names(model)
+        skip -= set(llm_keep)
         keep = {n for n in model.state_dict() if n not in skip}
     else:
         raise ValueError(f"what must be 'trainable' or 'full', got {what!r}")
@@ -73,12 +78,13 @@ def save_checkpoint(
     parent: str | Path | None = None,
     extra: dict[str, Any] | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    llm_keep: Collection[str] = (),
 ) -> Path:
     """Write a checkpoint folder atomically; an existing folder is replaced only once the new one is complete."""
     out_dir = Path(out_dir)
     if parent is not None and not (Path(parent) / CONFIG).is_file():
         raise FileNotFoundError(f"parent checkpoint {parent}: no {CONFIG}")
-    state = collect_state(model, what, for_inference)
+    state = collect_state(model, what, for_inference, llm_keep)
     meta = {
         "model": config.to_dict(),
         "checkpoint": {

@@ -231,6 +231,18 @@ def chat_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_minigpt3d_cmd(args: argparse.Namespace) -> int:
+    from pointalign.importer import import_minigpt3d
+
+    result = import_minigpt3d(
+        args.llm, args.point_encoder, args.qformer, args.checkpoint, args.out, overrides=args.overrides
+    )
+    for line in result.report:
+        print(line)
+    print(f"written: {result.out}")
+    return 0
+
+
 def demo_cmd(args: argparse.Namespace) -> int:
     from pointalign.demo.app import launch
 
@@ -315,6 +327,39 @@ def _add_data_commands(sub) -> None:
     convert.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     convert.set_defaults(func=data_convert)
+
+
+def _add_import_commands(sub) -> None:
+    imp = sub.add_parser("import", help="turn released weights into a pointalign checkpoint folder")
+    imp_sub = imp.add_subparsers(dest="import_command", required=True)
+    mg = imp_sub.add_parser(
+        "minigpt3d",
+        help="MiniGPT-3D / PointAlign's released files (Phi-2, Point-BERT, BLIP-2, stage checkpoints)",
+        description="Import MiniGPT-3D's or PointAlign's released weights. Files are read with "
+        "torch.load(weights_only=True) and apply in the reference's order (point encoder, Q-Former, then each "
+        "--checkpoint as given); where several hold a tensor the last one wins. Sizes come from the tensors' "
+        "shapes; the rest from the paper preset or --set. The Phi-2 folder is referenced, not copied.",
+    )
+    mg.add_argument("--llm", required=True, help="Phi-2 folder (transformers 4.36's fused layout or today's)")
+    mg.add_argument("--point-encoder", required=True, help="ULIP-2 Point-BERT file (point_model.pth)")
+    mg.add_argument("--qformer", required=True, help="BLIP-2 Q-Former file (blip2_pretrained_flant5xxl.pth)")
+    mg.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="a runner checkpoint; repeat in load order, e.g. MiniGPT_3D_stage_3.pth, or pretrain.pth then "
+        "finetune.pth",
+    )
+    mg.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model config field the weights do not fix, e.g. --set encoder.num_groups=512 --set llm.dtype=float32",
+    )
+    mg.add_argument("--out", required=True, help="the checkpoint folder to write (must not exist)")
+    mg.set_defaults(func=import_minigpt3d_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--ask", default=None, help="answer this one question and exit (scriptable)")
     ch.add_argument("--max-new-tokens", type=int, default=150)
     ch.set_defaults(func=chat_cmd)
+
+    _add_import_commands(sub)
 
     dm = sub.add_parser("demo", help="a web page to view a cloud in 3D and chat about it (Gradio)")
     dm.add_argument("--checkpoint", required=True)

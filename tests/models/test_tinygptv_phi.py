@@ -35,17 +35,6 @@ def reference():
     return load_file(FIXTURE / "reference_outputs.safetensors")
 
 
-@pytest.fixture(scope="module")
-def split_folder(tmp_path_factory):
-    """Phi-2 in today's layout: the fixture's config and tokenizer with its q_proj/k_proj/v_proj weights."""
-    folder = tmp_path_factory.mktemp("phi2_split")
-    for f in (FIXTURE / "Phi_2").iterdir():
-        if f.suffix != ".safetensors":
-            shutil.copy(f, folder / f.name)
-    shutil.copy(FIXTURE / "Phi_2_split_qkv" / "model.safetensors", folder / "model.safetensors")
-    return folder
-
-
 def phi_folder(layout, split_folder):
     return FIXTURE / "Phi_2" if layout == "fused" else split_folder
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pointalign.config import PointEncoderConfig
 from pointalign.errors import CheckpointError
+from pointalign.models.released import read_torch_file
 
 
 def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:
@@ -227,12 +228,12 @@ class PointEncoder(nn.Module):
 _CHECKPOINT_PREFIXES = ("module.point_encoder.", "point_encoder.", "module.", "base_model.")
 
 
-def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
-    """Load a Point-BERT checkpoint (ULIP / PointLLM release) into ``encoder``.
+def read_point_bert_state(path: str | Path) -> dict[str, Tensor]:
+    """The Point-BERT tensors of a checkpoint (ULIP / PointLLM release), named as ``PointEncoder``'s.
 
-    Accepts ``.safetensors`` or a torch file (read with ``weights_only=True``) holding the state dict directly or
-    under ``base_model`` / ``state_dict`` / ``model``. Classification-head keys (``cls_head_finetune``) are ignored;
-    any other missing or unexpected key is an error.
+    Accepts ``.safetensors`` or a torch file (read with ``weights_only=True``: nothing in it runs) holding the state
+    dict directly or under ``base_model`` / ``state_dict`` / ``model``. A whole ULIP model keeps only its point tower;
+    classification-head keys (``cls_head_finetune``) are dropped.
     """
     path = Path(path)
     if not path.is_file():
@@ -242,11 +243,13 @@ def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
 
         raw = load_file(str(path))
     else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_torch_file(path)
         for key in ("base_model", "state_dict", "model"):
             if isinstance(raw, dict) and key in raw and isinstance(raw[key], dict):
                 raw = raw[key]
                 break
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path}: not a Point-BERT checkpoint (no state dict of tensors)")
     if any("point_encoder." in k for k in raw):  # a whole ULIP model: keep only its point tower
         raw = {k: v for k, v in raw.items() if "point_encoder." in k}
     state = {}
@@ -257,6 +260,13 @@ def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
                 break
         if not k.startswith("cls_head_finetune"):
             state[k] = v
+    return state
+
+
+def load_point_bert_checkpoint(encoder: PointEncoder, path: str | Path) -> None:
+    """Load a Point-BERT checkpoint (``read_point_bert_state``) into ``encoder``; any missing or unexpected key, or
+    a shape that does not fit, is an error."""
+    state = read_point_bert_state(path)
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

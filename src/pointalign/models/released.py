@@ -23,28 +23,47 @@ LLM_PREFIX = "llama_model.base_model.model."  # the reference's peft-wrapped *Fo
 _LORA = (".lora_A.", ".lora_B.")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The ``"model"`` state dict of a reference runner checkpoint (tensors only; nothing in the file is executed).
+def read_torch_file(path: str | Path) -> object:
+    """A torch file read with ``torch.load(weights_only=True)``: tensors and plain containers only, nothing executed.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is truncated, holds pickled code, or is not a runner checkpoint (one line each).
+        CheckpointError: the file is truncated, holds pickled code or is not a torch file (one line each).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain containers
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused, it holds more than tensors ({reason})") from None
     except (RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: unreadable as a torch checkpoint (truncated or another format): {exc}"
+            f"{path}: unreadable as a torch checkpoint (truncated or another format): {first}"
         ) from None
+
+
+def read_runner_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
+    """The ``"model"`` state dict of a reference runner checkpoint and its ``config["model"]`` (``{}`` if absent:
+    TinyGPT-V's file has none). The LoRA alpha, which no weight holds, is ``config["model"]["lora_alpha"]``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: as ``read_torch_file``, or the file is not a runner checkpoint.
+    """
+    raw = read_torch_file(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise CheckpointError(f"{path}: not a MiniGPT-3D / TinyGPT-V / PointAlign checkpoint (no 'model' state dict)")
-    return raw["model"]
+    config = raw.get("config")
+    model_config = config.get("model") if isinstance(config, dict) else None
+    return raw["model"], dict(model_config) if isinstance(model_config, dict) else {}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The ``"model"`` state dict of a reference runner checkpoint (see ``read_runner_checkpoint``)."""
+    return read_runner_checkpoint(path)[0]
 
 
 def llm_state(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
