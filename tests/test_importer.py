@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from pointalign.checkpoint import WEIGHTS, load_model, read_checkpoint_meta
 from pointalign.cli import main
+from pointalign.config import GenerationConfig
 from pointalign.data.prompts import IGNORE_INDEX, PromptBatch
 from pointalign.importer import import_minigpt3d
 from pointalign.models.pointalign import position_ids
@@ -297,6 +298,74 @@ def test_fixture_files_are_the_reference_files():
     for path in files:
         name = str(path.relative_to(FIXTURE))
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[name], name
+
+
+# -- the reference's prompts (prompt.style minigpt3d / pointalign) --------------------------------------------------
+
+STYLES = {"mg3": "minigpt3d", "pa": "pointalign"}  # what an import picks: PointAlign's files hold its projector
+END = 324  # "###" in the fixture's tokenizer
+
+
+@pytest.fixture(scope="module")
+def reference_meta():
+    return json.loads((FIXTURE / "reference_outputs.json").read_text())
+
+
+def eval_questions(reference_meta):
+    asked = reference_meta["prompts"]["eval_texts_used"]
+    return [q for q in reference_meta["prompts"]["eval_questions_objaverse"] if any(q in text for text in asked)]
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_reference_prompt_style_has_the_reference_token_ids(imported, reference, token_ids, reference_meta, run):
+    model, cfg = load_model(imported("fused", run))
+    assert cfg.prompt.style == STYLES[run]
+    builder = model.builder
+    questions = eval_questions(reference_meta)
+    for question, (seg0, seg1), text in zip(
+        questions, token_ids[f"{run}.eval_segments"], reference_meta["prompts"]["eval_texts_used"], strict=True
+    ):
+        item = builder.encode([], question)  # a generation prompt: the reference's evaluation string
+        assert item.input_ids == seg0 + [BOS] * QUERIES + seg1 and item.point_start == len(seg0)
+        pieces = builder._reference_pieces([], question)[1]
+        assert "".join("<PointCloudHere>" if t is None else t for t, _ in pieces) == text
+    samples = reference_meta["train_samples"][run]
+    dialogues = [
+        [(instruction.removeprefix("<PC><PointCloudHere></PC> ").removesuffix(" "), answer)]
+        for instruction, answer in zip(samples["instruction_input"], samples["answer"], strict=True)
+    ]
+    batch = builder.collate([builder.encode(d) for d in dialogues], "right")
+    expected = reference_batch(run, "train", token_ids, reference)
+    width = batch.input_ids.shape[1]  # the reference's batch ends in one more column of padding
+    for name in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(getattr(batch, name), getattr(expected, name)[:, :width]), name
+    assert torch.equal(batch.point_positions, expected.point_positions)
+    answers = [builder.tokenizer.decode(row[row != IGNORE_INDEX]) for row in batch.labels]
+    assert (batch.input_ids[:, 0] == BOS).all() and answers == [a + "###" for _, a in (d[0] for d in dialogues)]
+    with torch.no_grad():  # the training loss through our own prompt builder
+        out = model(batch, points=reference["input.pc"])
+    assert relative_error(out.ntp_loss, reference[f"{run}.train.ntp_loss"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_greedy_generation_gives_the_reference_tokens(imported, reference, reference_meta, run):
+    model, _ = load_model(imported("fused", run))
+    questions = eval_questions(reference_meta)
+    expected = reference[f"{run}.eval.greedy_new_tokens"][:, 1:]  # transformers 4.36 put a BOS column first
+    greedy = GenerationConfig.greedy(expected.shape[1])
+    assert torch.equal(model.generate_ids(reference["input.pc"], questions, config=greedy), expected)
+    assert model.generate(reference["input.pc"], questions, config=greedy) == reference_meta["generate_text"][run]
+
+
+def test_generation_stops_at_the_end_symbol_and_is_cut_there(imported, reference):
+    model, cfg = load_model(imported("fused", "mg3"))
+    with torch.no_grad():  # make "###" the likeliest token everywhere
+        model.llm.lm_head.bias[END] += 100.0
+    points, questions, greedy = reference["input.pc"], ["What is this?"] * 2, GenerationConfig.greedy(4)
+    assert model.generate_ids(points, questions, config=greedy).tolist() == [[END], [END]]
+    assert model.generate(points, questions, config=greedy) == ["", ""]
+    model.builder.cfg = dataclasses.replace(cfg.prompt, style="chat")  # the chat style knows no end symbol
+    assert model.generate_ids(points, questions, config=greedy).tolist() == [[END] * 4] * 2
 
 
 # -- the other commands on an imported model ----------------------------------------------------------------------

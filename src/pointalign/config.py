@@ -189,6 +189,12 @@ class AlignConfig:
 class PromptConfig:
     """How point tokens and text are laid out; one builder uses this for training, evaluation, chat and demo."""
 
+    # "chat": the tokenizer's chat template renders training and generation alike. "minigpt3d" / "pointalign": the
+    # reference code's strings (data/prompts.py): generation prompts as its evaluation, "<s>[INST] <PC>...</PC>
+    # <s>[INST] {question} [/INST]"; training as MiniGPT-3D's ("[INST] <PC>...</PC> {question}  [/INST]") or
+    # PointAlign's (untemplated single turns), after an <|endoftext|> BOS token, each answer ending in end_symbol.
+    style: Literal["chat", "minigpt3d", "pointalign"] = "chat"
+    end_symbol: str = "###"  # reference styles: ends every training answer; generation stops there and is cut at it
     point_start: str = "<PC>"  # text right before the Q point tokens
     point_end: str = "</PC>"  # text right after them
     system_prompt: str | None = None  # None = whatever the chat template does without a system message
@@ -197,6 +203,7 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "max_length")
+        _check(self.style == "chat" or bool(self.end_symbol), "PromptConfig.end_symbol", "empty in a reference style")
 
 
 @dataclass

@@ -112,7 +112,9 @@ def import_minigpt3d(
     sizes = infer_sizes(parts, llm_parts)
     if lora_alpha is not None:
         sizes["llm.lora_alpha"] = lora_alpha
-    cfg = _config(folder, sizes, overrides)
+    # PointAlign's files (an alignment projector) were trained on its untemplated strings, MiniGPT-3D's on templated
+    style = "pointalign" if "align_projector.net.0.weight" in parts else "minigpt3d"
+    cfg = _config(folder, sizes, style, overrides)
     model = build_model(cfg)  # the one copy of Phi-2, read tensor by tensor
     own = model.state_dict()
     state, final = _match(parts, own, cfg)
@@ -275,8 +277,9 @@ def _cross_attention_freq(cross: list[int], num_layers: int) -> int:
     return freq
 
 
-def _config(folder: Path, sizes: Mapping[str, object], overrides: Sequence[str]) -> ModelConfig:
+def _config(folder: Path, sizes: Mapping[str, object], style: str, overrides: Sequence[str]) -> ModelConfig:
     fixed = {
+        "prompt.style": style,
         "llm.source": str(folder),
         "llm.architecture": "tinygptv-phi",
         "llm.lora_targets": ["query_key_value", "dense"],

@@ -93,3 +93,31 @@ def test_point_tokens_are_pad_placeholders(builder):
     enc = builder.encode([("Hi", "A.")])
     assert enc.input_ids[enc.point_start : enc.point_start + Q] == [builder.pad_id] * Q
     assert isinstance(builder.collate([enc], "left").input_ids, torch.Tensor)
+
+
+@pytest.mark.parametrize("style", ["minigpt3d", "pointalign"])
+def test_reference_styles_render_the_reference_strings(style):
+    tok = build_tiny_tokenizer()  # bos <|im_start|>, eos <|im_end|>: the strings use whatever the tokenizer has
+    b = PromptBuilder(tok, PromptConfig(style=style), Q)
+
+    def text(enc):
+        ids = enc.input_ids
+        return tok.decode(ids[: enc.point_start]) + "<points>" + tok.decode(ids[enc.point_start + Q :])
+
+    single = b.encode([("what is this", "a chair")])
+    first = (
+        "[INST] <PC><points></PC> what is this  [/INST]" if style == "minigpt3d" else "<PC><points></PC> what is this "
+    )
+    assert text(single) == f"<|im_start|>{first}a chair###"
+    assert supervised_text(b, single) == "a chair###"
+    # conversations are templated in both styles; later questions follow an end-of-text token, masked
+    double = b.encode([("what is this", "a chair"), ("legs?", "four")])
+    expected = (
+        "<|im_start|>[INST] <PC><points></PC> what is this  [/INST]a chair###<|im_end|>[INST] legs?  [/INST]four###"
+    )
+    assert text(double) == expected
+    assert supervised_text(b, double) == "a chair###four###"
+    # generation: the reference's evaluation prompt (no BOS), earlier answers in its chat's layout
+    chat = b.encode([("What is this?", "A chair.")], "Legs?")
+    assert text(chat) == "<s>[INST] <PC><points></PC> <s>[INST] What is this? [/INST]A chair.<s>[INST] Legs? [/INST]"
+    assert chat.answer_start == len(chat.input_ids) and set(chat.labels) == {IGNORE_INDEX}

@@ -6,6 +6,10 @@ every answer's start and end, and each piece is tokenised on its own, so a gener
 prefix that the same dialogue has in training (no train/eval mismatch). Labels are -100 everywhere but the answers
 (each answer includes the template's end-of-turn text, so the model learns to stop).
 
+``prompt.style: minigpt3d`` / ``pointalign`` build the reference code's strings instead (the default of imported
+released models): its evaluation prompt for generation and its training strings for training, which differ (the
+reference's own train/test mismatch, which its published figures include). See ``_reference_pieces``.
+
 Notation used for tensor shapes: B batch, L tokens, Q point tokens.
 """
 
@@ -49,6 +53,13 @@ class PromptBatch:
 
 
 Turn = tuple[str, str]  # (question, answer)
+Piece = tuple[str | None, bool]  # (text, supervised); None stands for the point tokens
+
+# The reference code's strings (MiniGPT-3D / PointAlign, KEYS.md §8), for prompt.style minigpt3d / pointalign.
+# "<s>" is literal text for Phi-2's tokenizer, not a BOS token.
+REFERENCE_USER = "<s>[INST] "  # CONV_VISION's user role (evaluation and chat)
+REFERENCE_ASSISTANT = " [/INST]"  # CONV_VISION's assistant role
+REFERENCE_TRAIN_TEMPLATE = "[INST] {} [/INST]"  # the training prompt_template
 
 
 class PromptBuilder:
@@ -87,9 +98,38 @@ class PromptBuilder:
     # -- encoding ------------------------------------------------------------------------------------------------
     def encode(self, turns: Sequence[Turn], question: str | None = None) -> EncodedPrompt:
         """Tokenise a dialogue. With ``question`` the result is a generation prompt for it (answers so far kept)."""
-        msgs = self.messages(turns, question)
         generation = question is not None
-        text = self._render(msgs, add_generation_prompt=generation)
+        if self.cfg.style == "chat":
+            prefix, pieces = [], self._chat_pieces(turns, question)
+        else:
+            prefix, pieces = self._reference_pieces(turns, question)
+        ids: list[int] = list(prefix)
+        labels: list[int] = [IGNORE_INDEX] * len(prefix)
+        point_start = -1
+        for text, supervised in pieces:
+            if text is None:
+                point_start = len(ids)
+                ids += [self.pad_id] * self.num_point_tokens
+                labels += [IGNORE_INDEX] * self.num_point_tokens
+                continue
+            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+        if generation:  # nothing is supervised in a generation prompt; the answer starts where it ends
+            labels = [IGNORE_INDEX] * len(ids)
+        answer_start = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
+        if not generation and answer_start == len(ids):
+            raise ValueError("PromptBuilder: a training dialogue needs at least one answer")
+        if len(ids) > self.cfg.max_length:
+            raise ValueError(
+                f"PromptBuilder: dialogue of {len(ids)} tokens exceeds prompt.max_length={self.cfg.max_length}"
+            )
+        return EncodedPrompt(ids, labels, point_start, answer_start)
+
+    def _chat_pieces(self, turns: Sequence[Turn], question: str | None) -> list[Piece]:
+        """The dialogue rendered by the chat template, cut at the point placeholder and at every answer's bounds."""
+        msgs = self.messages(turns, question)
+        text = self._render(msgs, add_generation_prompt=question is not None)
         spans: list[tuple[int, int]] = []  # character spans of the answers
         for idx, m in enumerate(msgs):
             if m["role"] != "assistant":
@@ -106,29 +146,41 @@ class PromptBuilder:
         if ph < 0 or text.find(POINT_PLACEHOLDER, ph + 1) >= 0:
             raise ValueError("PromptBuilder: the chat template must render the point placeholder exactly once")
         cuts = sorted({0, len(text), ph, ph + len(POINT_PLACEHOLDER), *(c for s in spans for c in s)})
-        ids: list[int] = []
-        labels: list[int] = []
-        point_start = -1
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a == ph:
-                point_start = len(ids)
-                ids += [self.pad_id] * self.num_point_tokens
-                labels += [IGNORE_INDEX] * self.num_point_tokens
-                continue
-            piece = self.tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
-            supervised = any(s <= a and b <= e for s, e in spans)
-            ids += piece
-            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
-        if generation:  # nothing is supervised in a generation prompt; the answer starts where it ends
-            labels = [IGNORE_INDEX] * len(ids)
-        answer_start = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
-        if not generation and answer_start == len(ids):
-            raise ValueError("PromptBuilder: a training dialogue needs at least one answer")
-        if len(ids) > self.cfg.max_length:
-            raise ValueError(
-                f"PromptBuilder: dialogue of {len(ids)} tokens exceeds prompt.max_length={self.cfg.max_length}"
-            )
-        return EncodedPrompt(ids, labels, point_start, answer_start)
+        return [
+            (None, False) if a == ph else (text[a:b], any(s <= a and b <= e for s, e in spans))
+            for a, b in zip(cuts[:-1], cuts[1:])
+        ]
+
+    def _reference_pieces(self, turns: Sequence[Turn], question: str | None) -> tuple[list[int], list[Piece]]:
+        """The reference code's strings (``minigpt3d`` / ``pointalign`` styles; KEYS.md §8): the token ids before the
+        text (the training BOS) and the pieces, each tokenised on its own as the reference does."""
+        questions = [q for q, _ in turns] + ([question] if question is not None else [])
+        if not questions:
+            raise ValueError("PromptBuilder: a dialogue needs at least one question")
+        if any(POINT_PLACEHOLDER in q for q in questions):
+            raise ValueError("PromptBuilder: the question contains the reserved point placeholder")
+        start, end = self.cfg.point_start, self.cfg.point_end
+        if question is not None:  # evaluation and chat: CONV_VISION, the rest of the dialogue one text after the points
+            rest = f"{end} {REFERENCE_USER}{questions[0]}{REFERENCE_ASSISTANT}"
+            rest += "".join(f"{a}{REFERENCE_USER}{q}{REFERENCE_ASSISTANT}" for (_, a), q in zip(turns, questions[1:]))
+            return [], [(f"{REFERENCE_USER}{start}", False), (None, False), (rest, False)]
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            raise ValueError(f"PromptBuilder: prompt.style={self.cfg.style!r} needs a tokenizer with a BOS token")
+        # PointAlign never passed chat_template, so its single turns are untemplated; conversations always are
+        templated = self.cfg.style == "minigpt3d" or len(turns) > 1
+        first = f"{start}{POINT_PLACEHOLDER}{end} {questions[0]} "  # the dataset's instruction (trailing space)
+        before, after = (REFERENCE_TRAIN_TEMPLATE.format(first) if templated else first).split(POINT_PLACEHOLDER)
+        pieces: list[Piece] = [
+            (before, False),
+            (None, False),
+            (after, False),
+            (turns[0][1] + self.cfg.end_symbol, True),
+        ]
+        for q, a in turns[1:]:  # later rounds: <|endoftext|> + the template (masked), then the answer
+            pieces += [(self.tokenizer.eos_token + REFERENCE_TRAIN_TEMPLATE.format(f"{q} "), False)]
+            pieces += [(a + self.cfg.end_symbol, True)]
+        return [int(bos)], pieces
 
     # -- batching ------------------------------------------------------------------------------------------------
     def collate(self, items: Sequence[EncodedPrompt], padding_side: Literal["right", "left"]) -> PromptBatch:

@@ -157,14 +157,14 @@ class PointAlignModel(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
+    def generate_ids(
         self,
         points: Tensor,
         questions: Sequence[str],
         histories: Sequence[Sequence[Turn]] | None = None,
         config: GenerationConfig | None = None,
-    ) -> list[str]:
-        """Answer one question per point cloud (batched, left-padded, with the KV cache).
+    ) -> Tensor:
+        """The generated token ids, one row per question (batched, left-padded, with the KV cache): (B, new tokens).
 
         Args:
             points: (B, N, F) point clouds.
@@ -183,7 +183,9 @@ class PointAlignModel(nn.Module):
         if config.do_sample:
             torch.manual_seed(config.seed)
         tok = self.tokenizer
-        out = self.llm.generate(
+        prompt = self.builder.cfg
+        stop = {} if prompt.style == "chat" else {"stop_strings": [prompt.end_symbol], "tokenizer": tok}
+        return self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask,
             max_new_tokens=config.max_new_tokens,
@@ -198,5 +200,21 @@ class PointAlignModel(nn.Module):
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             use_cache=True,
+            **stop,
         )  # (B, new tokens): with inputs_embeds only the generated tokens come back
-        return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
+
+    def generate(
+        self,
+        points: Tensor,
+        questions: Sequence[str],
+        histories: Sequence[Sequence[Turn]] | None = None,
+        config: GenerationConfig | None = None,
+    ) -> list[str]:
+        """Answer one question per point cloud (``generate_ids``, decoded; in a reference prompt style each answer is
+        cut at the end symbol)."""
+        texts = self.tokenizer.batch_decode(
+            self.generate_ids(points, questions, histories, config), skip_special_tokens=True
+        )
+        if self.builder.cfg.style != "chat":
+            texts = [text.split(self.builder.cfg.end_symbol, 1)[0] for text in texts]
+        return [text.strip() for text in texts]
