@@ -161,6 +161,27 @@ def test_imported_model_reproduces_the_reference(imported, reference, token_ids,
     assert not bad, f"{run} ({layout} Phi-2): relative errors over {TOLERANCE}: {bad}"
 
 
+def test_imported_stage_4_mixes_query_experts_as_the_reference(tmp_path, reference):
+    out = tmp_path / "mg4"
+    files = [FIXTURE / "MiniGPT_3D_stage_3.pth", FIXTURE / "MiniGPT_3D_stage_4.pth"]
+    pointbert, blip2 = FIXTURE / "point_model.pth", FIXTURE / "blip2_pretrained_flant5xxl.pth"
+    result = import_minigpt3d(FIXTURE / "Phi_2", pointbert, blip2, files, out, TINY_SIZES)
+    assert "query experts" in "".join(result.report)
+    model, cfg = load_model(out)
+    assert (cfg.experts.num_experts, cfg.experts.router, cfg.experts.top_k) == (8, "sparse", 2)
+    pc = reference["input.pc"]
+    with torch.no_grad():
+        tokens = model.point_encoder(pc)  # (B, T, C)
+        probs = model.query_experts.route(tokens)  # (B, E)
+        ids, _ = model.query_experts.selection(probs)
+        mixed = model.query_experts(tokens, model.bridge(tokens), model.qformer)  # (B, Q, D)
+        embeds = model.encode_points(pc).point_tokens
+    assert relative_error(probs, reference["mg4.router_weights"]) < TOLERANCE
+    assert ids.tolist() == [[3, 6], [0, 4]]  # the reference's top-2 experts, in increasing id
+    assert relative_error(mixed, reference["mg4.qformer_out_mixed"]) < TOLERANCE
+    assert relative_error(embeds, reference["mg4.point_embeds"]) < TOLERANCE
+
+
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_training_forward_loss_matches_the_reference(imported, reference, token_ids, run):
     model, cfg = load_model(imported("fused", run), for_inference=False)  # LoRA as peft adapters
@@ -257,7 +278,7 @@ def bad_files(tmp_path):
             "a size that does not fit",
             r"do not fit the model.*MiniGPT_3D_stage_3\.pth: llama_proj\.weight \(128, 64\) vs \(32, 64\)",
         ),
-        ("experts", r"MiniGPT_3D_stage_4\.pth: holds MiniGPT-3D's mixture of query experts \(query_expert_dict\.0"),
+        ("stage 4 alone", r"no file supplies the point->Q-Former MLP"),
         ("out exists", "exists; an import writes a new folder"),
     ],
 )
@@ -276,7 +297,7 @@ def test_bad_files_are_one_clear_line_and_nothing_is_written(tmp_path, capsys, c
         "finetune as the Q-Former": cli_args(["MiniGPT_3D_stage_3.pth"], out, qformer="finetune.pth"),
         "no stage-3 file": cli_args(["finetune.pth"], out),
         "a size that does not fit": cli_args(["MiniGPT_3D_stage_3.pth"], out, sets=["projector.hidden=32"]),
-        "experts": cli_args(["MiniGPT_3D_stage_3.pth", "MiniGPT_3D_stage_4.pth"], out),
+        "stage 4 alone": cli_args(["MiniGPT_3D_stage_4.pth"], out),
         "out exists": cli_args(["MiniGPT_3D_stage_3.pth"], out),
     }[case]
     if case == "out exists":

@@ -104,6 +104,24 @@ class QFormerConfig:
 
 
 @dataclass
+class QueryExpertsConfig:
+    """MiniGPT-3D's mixture of query experts (its stage 4; models/query_experts.py). 1 expert = the plain Q-Former."""
+
+    num_experts: int = 1  # E sets of queries; expert 0 is the Q-Former's own (reference: 8)
+    router: Literal["sparse", "soft", "constant"] = "sparse"  # sparse: top_k by raw softmax; soft: all; constant: 1/E
+    top_k: int = 2  # experts per sample of the sparse router
+    router_hidden: int = 256  # width of the router MLP (hard-coded 256 in the reference)
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_experts", "top_k", "router_hidden")
+        _check(
+            self.num_experts == 1 or self.router != "sparse" or self.top_k <= self.num_experts,
+            "QueryExpertsConfig.top_k",
+            f"{self.top_k} experts per sample out of {self.num_experts}",
+        )
+
+
+@dataclass
 class ProjectorConfig:
     """Modality projector Dq -> hidden -> D_llm (reference: two Linears 768 -> 4096 -> 2560, no activation)."""
 
@@ -240,6 +258,7 @@ class ModelConfig:
     encoder: PointEncoderConfig = field(default_factory=PointEncoderConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    experts: QueryExpertsConfig = field(default_factory=QueryExpertsConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     align: AlignConfig = field(default_factory=AlignConfig)

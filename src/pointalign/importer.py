@@ -5,7 +5,9 @@ The files and what each supplies (KEYS.md of the reference fixture, §1-7):
     - ``--point-encoder``: ULIP-2's Point-BERT (``{"base_model": ...}``).
     - ``--qformer``: BLIP-2's Q-Former (``{"model": {"Qformer.bert.*", "query_tokens", ...}}``).
     - ``--checkpoint`` (repeatable): runner checkpoints (``{"model", "optimizer", "config", ...}``), in the reference's
-      order ``ckpt`` then ``second_ckpt``: MiniGPT-3D stage 3, or PointAlign pretrain then finetune.
+      order ``ckpt`` then ``second_ckpt``: MiniGPT-3D stage 3 (then stage 4, its query experts and router), or
+      PointAlign pretrain then finetune. Their ``config["model"]`` gives what no weight holds: the LLM's LoRA alpha
+      and the experts' router type and top-k.
 
 Every file is read with ``torch.load(weights_only=True)``. The files apply in that order and where several hold a
 tensor the last one wins, as the reference's ``load_state_dict(strict=False)`` calls do. Every size the weights fix is
@@ -41,6 +43,9 @@ _RUNNER_NAMES = (
     ("pc_encoder.", "point_encoder."),
     ("point_encoder.", "point_encoder."),  # the runner's second registration of the same Point-BERT (fp16 Linears)
     ("alignment_projector.projector.", "align_projector.net."),
+    ("query_expert_dict.0", "qformer.query_tokens"),  # expert 0 is the Q-Former's queries (the same Parameter)
+    ("query_expert_dict.", "query_experts.experts."),
+    ("query_router.", "query_experts.router."),
 )
 _BLIP2_NAMES = (("query_tokens", "qformer.query_tokens"), ("Qformer.bert.", "qformer."))
 # BERT's text-side tensors (the Q-Former has no text input), BLIP-2's vision LayerNorm and T5 projection
@@ -48,7 +53,8 @@ _IGNORED = re.compile(
     r"Qformer\.bert\.embeddings\.(position_ids|word_embeddings\..*|position_embeddings\..*)"
     r"|Qformer\.cls\..*|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..*|ln_vision\..*|t5_proj\..*"
 )
-_MQE = ("query_expert_dict.", "query_router.")
+# the runner config's query_expert_router_type -> QueryExpertsConfig.router
+_ROUTERS = {"Sparse Router": "sparse", "Soft Router": "soft", "Constant Router": "constant"}
 _POINT_BERT = re.compile(r"(cls_token|cls_pos|(encoder|reduce_dim|pos_embed|blocks\.blocks|norm)\..*)")
 _QK_BIAS = re.compile(r"model\.layers\.\d+\.self_attn\.[qk]_layernorm\.bias")
 _FROM_FILES = re.compile(r"model\.layers\.\d+\.(self_attn\.[qk]_layernorm\.weight|post_layernorm\.weight)")
@@ -102,16 +108,13 @@ def import_minigpt3d(
     llm_parts: dict[str, Supplied] = {}  # the LLM's own names (``llm_state``) -> its last supplier
     parts.update(_point_bert_tensors(Path(point_encoder)))
     parts.update(_blip2_tensors(Path(qformer)))
-    lora_alpha: object = None
+    settings: dict[str, object] = {}  # what the runner configs say and no weight holds
     for path in map(Path, checkpoints):
         found, found_llm, runner_config = _runner_tensors(path)
         parts.update(found)
         llm_parts.update(found_llm)
-        if any(".lora_" in k for k in found_llm) and "lora_alpha" in runner_config:
-            lora_alpha = runner_config["lora_alpha"]
-    sizes = infer_sizes(parts, llm_parts)
-    if lora_alpha is not None:
-        sizes["llm.lora_alpha"] = lora_alpha
+        settings |= _runner_settings(path, runner_config, found, found_llm)
+    sizes = {**infer_sizes(parts, llm_parts), **settings}
     # PointAlign's files (an alignment projector) were trained on its untemplated strings, MiniGPT-3D's on templated
     style = "pointalign" if "align_projector.net.0.weight" in parts else "minigpt3d"
     cfg = _config(folder, sizes, style, overrides)
@@ -159,16 +162,27 @@ def _runner_tensors(path: Path) -> tuple[dict[str, Supplied], dict[str, Supplied
     state, runner_config = read_runner_checkpoint(path)
     llm = {k[len(LLM_PREFIX) :]: Supplied(v, path.name, k) for k, v in state.items() if k.startswith(LLM_PREFIX)}
     rest = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
-    experts = sorted(k for k in rest if k.startswith(_MQE))
-    if experts:
-        raise CheckpointError(
-            f"{path}: holds MiniGPT-3D's mixture of query experts ({experts[0]}, ... {len(experts)} tensors), "
-            "which this version does not import; import the stage-3 model without it"
-        )
     found, foreign = _rename(rest, _RUNNER_NAMES, path.name)
     if foreign or not (found or llm):
         raise CheckpointError(f"{path}: not a MiniGPT-3D / PointAlign checkpoint; keys of another model: {foreign[:5]}")
     return found, llm, runner_config
+
+
+def _runner_settings(
+    path: Path, runner_config: Mapping[str, object], found: Mapping[str, Supplied], llm: Mapping[str, Supplied]
+) -> dict[str, object]:
+    """The LLM LoRA alpha and the experts' router, from the runner config of the file that holds their weights."""
+    settings: dict[str, object] = {}
+    if any(".lora_" in k for k in llm) and "lora_alpha" in runner_config:
+        settings["llm.lora_alpha"] = runner_config["lora_alpha"]
+    if any(k.startswith("query_experts.router.") for k in found):
+        router = runner_config.get("query_expert_router_type", "Sparse Router")
+        if router not in _ROUTERS:
+            raise CheckpointError(f"{path}: query_expert_router_type {router!r} is none of {', '.join(_ROUTERS)}")
+        settings["experts.router"] = _ROUTERS[str(router)]
+        if "query_expert_top_k" in runner_config:
+            settings["experts.top_k"] = runner_config["query_expert_top_k"]
+    return settings
 
 
 def _rename(
@@ -250,6 +264,10 @@ def infer_sizes(parts: Mapping[str, Supplied], llm: Mapping[str, Supplied]) -> d
             "qformer.lora_targets": targets,
         }
     sizes["projector.hidden"] = shape("projector.fc1.weight", "projector")[0]
+    sizes["experts.num_experts"] = 1
+    if "query_experts.router.2.weight" in parts:
+        sizes["experts.num_experts"] = shape("query_experts.router.2.weight", "router")[0]
+        sizes["experts.router_hidden"] = shape("query_experts.router.0.weight", "router")[0]
     llm_a = sorted(k for k in llm if ".lora_A." in k)
     if llm_a:
         sizes["llm.lora_r"] = int(llm[llm_a[0]].tensor.shape[0])
@@ -359,6 +377,7 @@ _PARTS: tuple[tuple[str, Callable[[str], bool]], ...] = (  # (label, test on our
     ("point encoder", lambda n: n.startswith("point_encoder.")),
     ("point->Q-Former MLP", lambda n: n.startswith("bridge.")),
     ("query tokens", lambda n: n == "qformer.query_tokens"),
+    ("query experts", lambda n: n.startswith("query_experts.")),
     ("Q-Former LoRA", lambda n: n.startswith("qformer.") and ".lora_" in n),
     ("Q-Former", lambda n: n.startswith("qformer.")),
     ("projector", lambda n: n.startswith("projector.")),

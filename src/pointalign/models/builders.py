@@ -11,6 +11,7 @@ from pointalign.models.point_encoder import PointEncoder, load_point_bert_checkp
 from pointalign.models.pointalign import PointAlignModel
 from pointalign.models.projector import AlignmentProjector, Bridge, ModalityProjector
 from pointalign.models.qformer import QFormer, load_bert_weights
+from pointalign.models.query_experts import QueryExperts
 
 
 def build_model(cfg: ModelConfig, *, for_inference: bool = False) -> PointAlignModel:
@@ -40,6 +41,10 @@ def build_model(cfg: ModelConfig, *, for_inference: bool = False) -> PointAlignM
             load_bert_weights(qformer, cfg.qformer.init_from)
         if cfg.qformer.lora_r > 0:
             llm_seam.apply_qformer_lora(qformer, cfg.qformer)
+        experts = None
+        if cfg.experts.num_experts > 1:
+            experts = QueryExperts(cfg.experts, cfg.encoder.trans_dim, cfg.qformer.num_queries, cfg.qformer.hidden_size)
+            experts.copy_queries(qformer.query_tokens)
         text_rms = None
         if cfg.projector.output_scale == "text":
             text_rms = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
@@ -50,5 +55,7 @@ def build_model(cfg: ModelConfig, *, for_inference: bool = False) -> PointAlignM
         if cfg.align.enabled and not for_inference:
             align_projector = AlignmentProjector(d_llm, cfg.qformer.hidden_size, cfg.align.projector_hidden)
     builder = PromptBuilder(tokenizer, cfg.prompt, cfg.qformer.num_queries)
-    model = PointAlignModel(encoder, bridge, qformer, projector, llm, builder, cfg.align, align_projector, config=cfg)
+    model = PointAlignModel(
+        encoder, bridge, qformer, projector, llm, builder, cfg.align, align_projector, config=cfg, query_experts=experts
+    )
     return model

@@ -60,11 +60,13 @@ class PointAlignModel(nn.Module):
         align: AlignConfig,
         align_projector: nn.Module | None = None,
         config: ModelConfig | None = None,
+        query_experts: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.point_encoder = point_encoder
         self.bridge = bridge
         self.qformer = qformer
+        self.query_experts = query_experts  # MiniGPT-3D's mixture of query experts, or None
         self.projector = projector
         self.llm = llm
         self.align_projector = align_projector
@@ -93,7 +95,11 @@ class PointAlignModel(nn.Module):
     def encode_points(self, points: Tensor) -> PointFeatures:
         """(B, N, F) point clouds -> Q-Former outputs (B, Q, Dq) and LLM point tokens (B, Q, D)."""
         tokens = self.point_encoder(points)  # (B, T, C)
-        q = self.qformer(self.bridge(tokens))  # (B, Q, Dq)
+        features = self.bridge(tokens)  # (B, T, V)
+        if self.query_experts is None:
+            q = self.qformer(features)  # (B, Q, Dq)
+        else:
+            q = self.query_experts(tokens, features, self.qformer)  # (B, Q, Dq)
         return PointFeatures(qformer_out=q, point_tokens=self.projector(q))  # (B, Q, D)
 
     def embed(self, batch: PromptBatch, point_tokens: Tensor) -> Tensor:

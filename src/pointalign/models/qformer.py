@@ -126,10 +126,13 @@ class QFormer(nn.Module):
         self.encoder = QFormerEncoder(cfg)
         self.apply(_init_bert)
 
-    def forward(self, points: Tensor) -> Tensor:
+    def forward(self, points: Tensor, queries: Tensor | None = None) -> Tensor:
+        """(B, T, V) point features -> (B, Q, D); ``queries`` (B, Q, D) replace the learned ones (query experts)."""
         if points.dim() != 3 or points.shape[-1] != self.cfg.encoder_width:
             raise ValueError(f"QFormer: expected (B, T, {self.cfg.encoder_width}) inputs, got {tuple(points.shape)}")
-        x = self.embeddings(self.query_tokens.expand(points.shape[0], -1, -1))  # (B, Q, D)
+        if queries is None:
+            queries = self.query_tokens.expand(points.shape[0], -1, -1)
+        x = self.embeddings(queries)  # (B, Q, D)
         for layer in self.encoder.layer:
             x = layer(x, points)  # (B, Q, D)
         return x

@@ -16,17 +16,21 @@ from safetensors.torch import load_file, save_file
 
 from pointalign.models.pointalign import PointAlignModel, PointFeatures
 
-VISION_PARTS = ("point_encoder", "bridge", "qformer", "projector")
+VISION_PARTS = ("point_encoder", "bridge", "qformer", "query_experts", "projector")
+
+
+def _vision_parts(model: PointAlignModel) -> list[tuple[str, torch.nn.Module]]:
+    return [(part, getattr(model, part)) for part in VISION_PARTS if getattr(model, part) is not None]
 
 
 def vision_is_frozen(model: PointAlignModel) -> bool:
-    return all(not p.requires_grad for part in VISION_PARTS for p in getattr(model, part).parameters())
+    return all(not p.requires_grad for _, module in _vision_parts(model) for p in module.parameters())
 
 
 def vision_key(model: PointAlignModel, extra: str) -> str:
     h = hashlib.sha256(extra.encode())
-    for part in VISION_PARTS:
-        for name, tensor in sorted(getattr(model, part).state_dict().items()):
+    for part, module in _vision_parts(model):
+        for name, tensor in sorted(module.state_dict().items()):
             h.update(f"{part}.{name}".encode())
             h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()[:24]

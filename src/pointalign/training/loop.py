@@ -70,9 +70,12 @@ def build_stage_model(cfg: TrainConfig, out: Path) -> tuple[PointAlignModel, Mod
     parent = resolve_init(cfg, out)
     model_cfg = stage_model_config(cfg, parent)
     model = build_model(model_cfg)
+    loaded: set[str] = set()
     if parent is not None:
         for ckpt in checkpoint_chain(parent):
-            load_state_into(model, ckpt)
+            loaded.update(load_state_into(model, ckpt))
+    if model.query_experts is not None and not any(n.startswith("query_experts.") for n in loaded):
+        model.query_experts.copy_queries(model.qformer.query_tokens)  # experts this stage adds start from the queries
     apply_trainable(model, cfg.trainable)
     return model, model_cfg, parent
 

@@ -2,7 +2,7 @@
 
 Modes: ``frozen`` (nothing), ``full`` (every parameter), ``lora`` (the LoRA adapters), ``norms`` (the weights of
 normalisation layers), ``lora+norms`` (both). Parts: point_encoder, bridge, qformer (without its queries),
-query_tokens, projector, llm, align_projector.
+query_tokens, query_experts, projector, llm, align_projector.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from pointalign.errors import ConfigError
 
 PartMode = Literal["frozen", "full", "lora", "norms", "lora+norms"]
-PARTS = ("point_encoder", "bridge", "qformer", "query_tokens", "projector", "llm", "align_projector")
+PARTS = ("point_encoder", "bridge", "qformer", "query_tokens", "query_experts", "projector", "llm", "align_projector")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class TrainableConfig:
     bridge: PartMode = "frozen"
     qformer: PartMode = "frozen"  # the Q-Former except its learned queries
     query_tokens: Literal["frozen", "full"] = "frozen"
+    query_experts: Literal["frozen", "full"] = "frozen"  # the other experts' queries and the router (experts > 1)
     projector: PartMode = "frozen"
     llm: PartMode = "frozen"
     align_projector: Literal["frozen", "full"] = "frozen"
@@ -40,6 +41,8 @@ STAGES: dict[str, TrainableConfig] = {
     "stage1b": TrainableConfig(**_BRIDGE_AND_LLM),
     "stage1c": TrainableConfig(**_BRIDGE_AND_LLM),
     "stage2": TrainableConfig(llm="lora+norms", align_projector="full"),
+    # MiniGPT-3D's stage 4: the query experts (expert 0 is the Q-Former's own queries) and the router
+    "stage4": TrainableConfig(query_tokens="full", query_experts="full"),
     "stage2-baseline": TrainableConfig(llm="lora+norms"),
     "inference": TrainableConfig(),
 }
