@@ -393,7 +393,7 @@ def _report(final: Mapping[str, Supplied], llm: Mapping[str, Supplied], folder: 
         part = next(label for label, match in _PARTS if match(name))
         counts.setdefault(part, Counter())[sup.file] += 1
     lines = [
-        f"{label:<22}{', '.join(f'{file} ({n} tensors)' for file, n in counts[label].items())}"
+        f"{label:<22}{', '.join(f'{file} ({n} {_tensors(n)})' for file, n in counts[label].items())}"
         for label, _ in _PARTS
         if label in counts
     ]
@@ -403,3 +403,7 @@ def _report(final: Mapping[str, Supplied], llm: Mapping[str, Supplied], folder: 
     lines.append(f"{'LLM base weights':<22}{folder} (read at load time, not copied)")
     lines.append(f"{'LLM q/k norm biases':<22}no file: zeros, as in the reference")
     return lines
+
+
+def _tensors(n: int) -> str:
+    return "tensor" if n == 1 else "tensors"
