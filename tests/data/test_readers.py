@@ -9,7 +9,6 @@ from pointalign.data.readers import (
     FPS_CAP,
     PointLLMFolder,
     downsample,
-    fps_numpy,
     load_cloud,
     modelnet_cloud,
     read_annotations,
@@ -58,9 +57,10 @@ def test_oversized_clouds_are_downsampled_quickly(tmp_path):
     assert downsample(small, 128) is small
 
 
-def test_fps_numpy_spreads_points():
-    xyz = np.array([[0, 0, 0], [0.1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=float)
-    assert fps_numpy(xyz, 3).tolist() == [0, 2, 3]
+def test_downsample_uses_the_shared_fps():
+    xyz = np.array([[0, 0, 0], [0.1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    cloud = np.concatenate([xyz, np.zeros_like(xyz)], axis=1)
+    assert np.array_equal(downsample(cloud, 3), cloud[[0, 2, 3]])
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ line. Conventions:
 - Colours: a cloud whose colour channels exceed 1 is taken as 0-255 and divided by 255; otherwise as [0, 1].
 - xyz-only clouds (N x 3) get colour 0 (black), as the reference does for ModelNet40.
 - Clouds are centred on their mean and scaled into the unit sphere.
-- Oversized clouds are downsampled to ``num_points``: farthest point sampling by default, after a random subset
-  of ``FPS_CAP`` points when the cloud is larger than that (so FPS never runs for minutes), or uniformly at random
-  with ``method="random"``. Smaller clouds are returned as they are.
+- Oversized clouds are downsampled to ``num_points``: farthest point sampling by default (``pointalign.points``,
+  the same FPS as the encoder's: float32, from point 0, ties to the lowest index), after a random subset of
+  ``FPS_CAP`` points when the cloud is larger than that (exact FPS is O(N x num_points): 2M points would take
+  minutes), or uniformly at random with ``method="random"``. Smaller clouds are returned as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from pointalign.errors import DataError
+from pointalign.points import fps_indices
 
 CLOUD_SUFFIXES = (".npy", ".ply")
 MESH_SUFFIXES = (".off", ".obj", ".ply", ".stl", ".glb")
@@ -63,18 +65,6 @@ def normalize(points: np.ndarray) -> np.ndarray:
     return np.concatenate([xyz, points[:, 3:]], axis=1).astype(np.float32)
 
 
-def fps_numpy(xyz: np.ndarray, n: int) -> np.ndarray:
-    """Farthest point sampling from point 0: (N, 3) -> (n,) indices."""
-    idx = np.empty(n, dtype=np.int64)
-    dist = np.full(xyz.shape[0], np.inf)
-    far = 0
-    for i in range(n):
-        idx[i] = far
-        dist = np.minimum(dist, ((xyz - xyz[far]) ** 2).sum(axis=1))
-        far = int(dist.argmax())
-    return idx
-
-
 def downsample(
     points: np.ndarray, num_points: int, method: Literal["fps", "random"] = "fps", seed: int = 0
 ) -> np.ndarray:
@@ -88,7 +78,7 @@ def downsample(
         raise ValueError(f"downsample: method must be 'fps' or 'random', got {method!r}")
     if points.shape[0] > FPS_CAP:
         points = points[np.sort(rng.choice(points.shape[0], FPS_CAP, replace=False))]
-    return points[fps_numpy(points[:, :3].astype(np.float64), num_points)]
+    return points[fps_indices(points[:, :3], num_points)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,7 +145,7 @@ def sample_mesh(path: str | Path, num_points: int, seed: int = 0, oversample: in
     if rgb is None:
         rgb = np.full_like(xyz, XYZ_ONLY_COLOUR)
     normals = np.asarray(mesh.face_normals)[face_index]
-    keep = fps_numpy(np.asarray(xyz, dtype=np.float64), num_points)
+    keep = fps_indices(np.asarray(xyz), num_points)
     points = np.concatenate([xyz[keep], rgb[keep]], axis=1).astype(np.float32)
     return normalize(points), normals[keep].astype(np.float32)
 

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pointalign import points as point_ops
 from pointalign.config import PointEncoderConfig
 from pointalign.errors import CheckpointError
 from pointalign.models.released import read_torch_file
 
 
 def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:
-    """Iterative farthest point sampling.
+    """Farthest point sampling (``pointalign.points``: fpsample on CPU, torch on GPU).
 
     Args:
         xyz: (B, N, 3) coordinates.
@@ -37,21 +38,13 @@ def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", g
     b, n, _ = xyz.shape
     if num_samples > n:
         raise ValueError(f"farthest_point_sample: asked for {num_samples} centres from {n} points")
-    idx = torch.empty(b, num_samples, dtype=torch.long, device=xyz.device)
-    dist = torch.full((b, n), float("inf"), dtype=xyz.dtype, device=xyz.device)  # (B, N)
     if start == "first":
-        far = torch.zeros(b, dtype=torch.long, device=xyz.device)
+        first = torch.zeros(b, dtype=torch.long)
     elif start == "random":
-        far = torch.randint(0, n, (b,), generator=generator, device="cpu").to(xyz.device)
+        first = torch.randint(0, n, (b,), generator=generator, device="cpu")
     else:
         raise ValueError(f"farthest_point_sample: start must be 'first' or 'random', got {start!r}")
-    batch = torch.arange(b, device=xyz.device)
-    for i in range(num_samples):
-        idx[:, i] = far
-        centre = xyz[batch, far].unsqueeze(1)  # (B, 1, 3)
-        dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))  # (B, N)
-        far = dist.argmax(-1)  # (B,)
-    return idx
+    return point_ops.farthest_point_sample(xyz, num_samples, first)
 
 
 def reduce_points(cloud: Tensor, num_points: int) -> Tensor:
@@ -62,19 +55,18 @@ def reduce_points(cloud: Tensor, num_points: int) -> Tensor:
     return cloud
 
 
-def knn(query: Tensor, points: Tensor, k: int) -> Tensor:
-    """Indices of the k nearest ``points`` to each ``query`` (squared euclidean), nearest first.
+def knn(query: Tensor, points_: Tensor, k: int) -> Tensor:
+    """Indices of the k nearest ``points_`` to each ``query`` (euclidean), nearest first (``pointalign.points.knn``).
 
     Args:
         query: (B, S, 3).
-        points: (B, N, 3).
+        points_: (B, N, 3).
         k: neighbours per query (k <= N).
 
     Returns:
         (B, S, k) long indices into N.
     """
-    d = torch.cdist(query, points, compute_mode="donot_use_mm_for_euclid_dist")  # (B, S, N), exact
-    return d.topk(k, dim=-1, largest=False, sorted=True).indices
+    return point_ops.knn(query, points_, k)
 
 
 def group_points(points: Tensor, num_groups: int, group_size: int, fps_start: str = "first") -> tuple[Tensor, Tensor]:
@@ -98,7 +90,11 @@ def group_points(points: Tensor, num_groups: int, group_size: int, fps_start: st
 
 
 class MiniPointNet(nn.Module):
-    """Shared PointNet over each group: (B, G, K, F) -> (B, G, E). Named as Point-BERT's ``Encoder``."""
+    """Shared PointNet over each group: (B, G, K, F) -> (B, G, E). Named as Point-BERT's ``Encoder``.
+
+    Invariant to the order of the K points inside a group: 1x1 convolutions act per point, BatchNorm pools its
+    statistics over all points, and both halves end in a max over K. So only the kNN *set* reaches the tokens
+    (``tests/models/test_point_encoder.py::test_minipointnet_ignores_order_within_group``)."""
 
     def __init__(self, point_dims: int, encoder_dims: int, widths: tuple[int, ...] = (128, 256, 512)) -> None:
         super().__init__()
