@@ -292,9 +292,20 @@ def data_convert(args: argparse.Namespace) -> int:
     from pointalign.data.convert import convert_meshes
 
     info = convert_meshes(
-        args.mesh_dir, args.out, args.points, args.seed, overwrite=args.overwrite, progress=_progress()
+        args.mesh_dir,
+        args.out,
+        args.points,
+        args.seed,
+        overwrite=args.overwrite,
+        progress=_progress(),
+        workers=args.workers,
+        strict=args.strict,
     )
-    print(f"wrote {args.out}: {info['objects']} objects in {len(info['classes'])} classes ({info['points']} points)")
+    skipped = f"; {len(info['skipped'])} skipped (see convert_manifest.json)" if info["skipped"] else ""
+    print(
+        f"wrote {args.out}: {info['objects']} objects in {len(info['classes'])} classes ({info['points']} points)"
+        f"{skipped}"
+    )
     return 0
 
 
@@ -326,6 +337,12 @@ def _add_data_commands(sub) -> None:
     convert.add_argument("--points", type=int, default=8192, help="points per cloud (default: %(default)s)")
     convert.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    convert.add_argument(
+        "--workers", type=int, default=None, help="processes sampling meshes (default: the machine's cores)"
+    )
+    convert.add_argument(
+        "--strict", action="store_true", help="stop at the first unreadable mesh and write nothing (default: skip it)"
+    )
     convert.set_defaults(func=data_convert)
 
 

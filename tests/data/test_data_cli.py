@@ -82,14 +82,116 @@ def test_convert_meshes(tmp_path, capsys):
     assert "5 objects, 2 classes" in capsys.readouterr().out
 
 
-def test_convert_unreadable_mesh_leaves_nothing(tmp_path, capsys):
+def _bad_meshes(root):
+    """One of each kind of broken file next to the good ones; name -> the reason the manifest must give."""
+    (root / "table" / "broken.stl").write_bytes(b"solid x\nfacet nonsense\n")
+    (root / "table" / "empty.off").write_bytes(b"")
+    (root / "chair" / "nan.off").write_text("OFF\n3 1 0\nnan 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    (root / "chair" / "points.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    (root / "chair" / "notes.txt").write_text("not a mesh")
+    return {
+        "table/broken.stl": "",
+        "table/empty.off": "the file is empty",
+        "chair/nan.off": "NaN or infinite",
+        "chair/points.obj": "",
+        "chair/notes.txt": "unknown extension '.txt'",
+    }
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_convert_skips_bad_meshes_and_lists_them(tmp_path, capsys):
     _meshes(tmp_path / "meshes")
-    (tmp_path / "meshes" / "table" / "broken.stl").write_bytes(b"solid x\nfacet nonsense\n")
+    bad = _bad_meshes(tmp_path / "meshes")
     out = tmp_path / "out"
-    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(out), "--points", "64"]) == 2
+    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(out), "--points", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "5 objects in 2 classes" in captured.out and "5 skipped" in captured.out
+    lines = [line for line in captured.out.splitlines() if line.startswith("skipped ")]
+    assert len(lines) == len(bad) and "Traceback" not in captured.err
+    manifest = json.loads((out / "convert_manifest.json").read_text())
+    assert sorted(manifest["skipped"]) == sorted(bad) and len(manifest["converted"]) == 5
+    for rel, reason in bad.items():
+        assert reason in manifest["skipped"][rel]
+        assert sum(rel in line for line in lines) == 1
+    assert not (out / ".convert").exists() and len(list((out / "objaverse_data").iterdir())) == 5
+
+
+def test_convert_strict_stops_at_the_first_bad_mesh_and_writes_nothing(tmp_path, capsys):
+    _meshes(tmp_path / "meshes")
+    _bad_meshes(tmp_path / "meshes")
+    out = tmp_path / "out"
+    args = ["data", "convert", str(tmp_path / "meshes"), "--out", str(out), "--points", "64", "--strict"]
+    assert main([*args, "--workers", "2"]) == 2
     err = capsys.readouterr().err
-    assert "broken.stl" in err and len(err.strip().splitlines()) == 1
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["meshes"]
+    assert "nan.off" in err and "NaN or infinite" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meshes"]
+
+
+def test_convert_nothing_readable_fails_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "meshes" / "chair").mkdir(parents=True)
+    (tmp_path / "meshes" / "chair" / "empty.off").write_bytes(b"")
+    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(tmp_path / "out")]) == 2
+    assert "no mesh could be converted (1 skipped)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meshes"]
+
+
+def test_convert_bad_workers_writes_nothing(tmp_path, capsys):
+    _meshes(tmp_path / "meshes")
+    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meshes"]
+
+
+def test_convert_output_is_byte_identical_whatever_the_workers(tmp_path):
+    _meshes(tmp_path / "meshes")
+    _bad_meshes(tmp_path / "meshes")
+    for n in (1, 2):
+        args = ["data", "convert", str(tmp_path / "meshes"), "--out", str(tmp_path / f"w{n}"), "--points", "64"]
+        assert main([*args, "--workers", str(n)]) == 0
+    assert _tree(tmp_path / "w1") == _tree(tmp_path / "w2")
+
+
+def test_convert_resumes_after_a_kill(tmp_path, monkeypatch):
+    from pointalign.data import convert
+
+    _meshes(tmp_path / "meshes")
+    args = ["--points", "64", "--workers", "1"]
+    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(tmp_path / "whole"), *args]) == 0
+    real, calls = convert.sample_mesh, []
+
+    def killed_after_two(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(convert, "sample_mesh", killed_after_two)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main(["data", "convert", str(tmp_path / "meshes"), "--out", str(resumed), *args])
+    assert not (resumed / "convert_manifest.json").exists() and len(list((resumed / "objaverse_data").iterdir())) == 2
+    calls.clear()
+    monkeypatch.setattr(convert, "sample_mesh", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
+    assert main(["data", "convert", str(tmp_path / "meshes"), "--out", str(resumed), *args]) == 0
+    assert len(calls) == 3  # the two finished meshes were not sampled again
+    assert _tree(resumed) == _tree(tmp_path / "whole")
+
+
+def test_convert_progress_bar_shows_rate(tmp_path):
+    import functools
+    import io
+
+    from tqdm import tqdm
+
+    from pointalign.data.convert import convert_meshes
+
+    _meshes(tmp_path / "meshes")
+    sink = io.StringIO()
+    convert_meshes(tmp_path / "meshes", tmp_path / "out", 64, progress=functools.partial(tqdm, file=sink), workers=1)
+    assert "mesh/s" in sink.getvalue() and "5/5" in sink.getvalue()
 
 
 def test_convert_empty_folder(tmp_path, capsys):
