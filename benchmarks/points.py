@@ -1,0 +1,132 @@
+"""Point preprocessing: our FPS / kNN against the libraries they wrap, mesh conversion throughput, large clouds.
+
+    python benchmarks/points.py [--repeats 5] [--meshes 200] [--skip-convert]
+
+Prints, each as the median of ``--repeats``:
+- encoder grouping (B = 8; 8192 -> 512 x 32 and 2048 -> 64 x 32): ``group_points`` / (``fpsample`` exact FPS +
+  ``scipy.spatial.cKDTree``), and the torch loops it replaced (target <= 1.05);
+- mesh sampling FPS, 32,768 -> 8,192: ``fps_indices`` / ``fpsample.fps_sampling`` (target <= 1.05);
+- ``data convert`` of ``--meshes`` generated meshes with 1 and 2 workers: meshes/s and the ratio (target >= 1.8);
+- a 2,000,000-point cloud reduced for chat (``downsample`` to 8,192): seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def old_grouping(xyz: torch.Tensor, g: int, k: int) -> None:
+    """The torch FPS loop + cdist/topk the encoder used before ``pointalign.points``."""
+    b, n, _ = xyz.shape
+    dist = torch.full((b, n), float("inf"))
+    far = torch.zeros(b, dtype=torch.long)
+    batch = torch.arange(b)
+    idx = torch.empty(b, g, dtype=torch.long)
+    for i in range(g):
+        idx[:, i] = far
+        dist = torch.minimum(dist, ((xyz - xyz[batch, far].unsqueeze(1)) ** 2).sum(-1))
+        far = dist.argmax(-1)
+    centres = xyz[batch[:, None], idx]
+    torch.cdist(centres, xyz, compute_mode="donot_use_mm_for_euclid_dist").topk(k, largest=False)
+
+
+def grouping(repeats: int) -> None:
+    import fpsample
+    from scipy.spatial import cKDTree
+
+    from pointalign.models.point_encoder import group_points
+
+    rng = np.random.default_rng(0)
+    for n, g, k in [(8192, 512, 32), (2048, 64, 32)]:
+        pts = torch.from_numpy(rng.uniform(-1, 1, (8, n, 6)).astype(np.float32))
+        xyz = pts[..., :3].numpy()
+
+        def libraries() -> None:
+            for c in xyz:
+                centres = c[fpsample.fps_sampling(c, g, start_idx=0)]
+                cKDTree(c).query(centres, k)
+
+        ours = median_time(lambda: group_points(pts, g, k), repeats)
+        lib = median_time(libraries, repeats)
+        old = median_time(lambda: old_grouping(pts[..., :3], g, k), max(1, repeats // 2))
+        print(
+            f"grouping B=8 {n} -> {g} x {k}: ours {ours * 1e3:.0f} ms, fpsample + cKDTree {lib * 1e3:.0f} ms "
+            f"(ratio {ours / lib:.2f}); the old torch loops {old * 1e3:.0f} ms ({old / ours:.1f}x ours)"
+        )
+
+
+def mesh_fps(repeats: int) -> None:
+    import fpsample
+
+    from pointalign.points import fps_indices
+
+    xyz = np.random.default_rng(0).uniform(-1, 1, (32768, 3)).astype(np.float32)
+    ours = median_time(lambda: fps_indices(xyz, 8192), repeats)
+    lib = median_time(lambda: fpsample.fps_sampling(xyz, 8192, start_idx=0), repeats)
+    print(f"mesh FPS 32768 -> 8192: ours {ours:.3f} s, fpsample exact {lib:.3f} s (ratio {ours / lib:.2f})")
+
+
+def convert(meshes: int) -> None:
+    import trimesh
+
+    from pointalign.data.convert import convert_meshes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "meshes"
+        rng = np.random.default_rng(0)
+        for i in range(meshes):
+            cls = root / f"class_{i % 10}"
+            cls.mkdir(parents=True, exist_ok=True)
+            mesh = trimesh.creation.icosphere(subdivisions=3)
+            mesh.vertices *= rng.uniform(0.5, 2.0, 3)
+            mesh.export(cls / f"m{i:03d}.off")
+        rates = {}
+        for workers in (1, 2):
+            t = time.perf_counter()
+            convert_meshes(root, Path(tmp) / f"out{workers}", 8192, workers=workers, report=lambda _: None)
+            rates[workers] = meshes / (time.perf_counter() - t)
+            print(f"data convert, {meshes} meshes, {workers} worker(s): {rates[workers]:.1f} meshes/s")
+        print(f"data convert 2 workers / 1 worker: {rates[2] / rates[1]:.2f}x")
+
+
+def large_cloud(repeats: int) -> None:
+    from pointalign.data.readers import downsample, normalize
+
+    cloud = np.random.default_rng(0).uniform(0, 1, (2_000_000, 6)).astype(np.float32)
+    secs = median_time(lambda: normalize(downsample(cloud, 8192)), repeats)
+    print(f"2,000,000-point cloud -> 8192 for chat: {secs:.2f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--meshes", type=int, default=200)
+    ap.add_argument("--skip-convert", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    grouping(args.repeats)
+    mesh_fps(args.repeats)
+    large_cloud(args.repeats)
+    if not args.skip_convert:
+        convert(args.meshes)
+
+
+if __name__ == "__main__":
+    main()
