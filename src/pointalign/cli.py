@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pointalign.config import PRESETS, preset
 from pointalign.errors import USER_ERRORS, ConfigError
+from pointalign.eval.metrics import DEFAULT_SBERT
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -131,18 +132,29 @@ def judge_cmd(args: argparse.Namespace) -> int:
 
 def metrics_cmd(args: argparse.Namespace) -> int:
     from pointalign.eval.judge import read_results
-    from pointalign.eval.metrics import caption_metrics
+    from pointalign.eval.metrics import caption_scores, metrics_table, sbert_label
 
     _, results = read_results(args.results)
     refs = [str(r["ground_truth"]) for r in results]
     hyps = [r["model_output"] for r in results]
-    scores = caption_metrics(refs, hyps, sbert=args.sbert, simcse=args.simcse)
+    per = caption_scores(refs, hyps, sbert=args.sbert, simcse=args.simcse)
+    means = {k: sum(v) / len(v) for k, v in per.items()}
     path = Path(args.results)
     out = path.with_name(f"{path.stem}_evaluated_traditional.json")
+    rows = [
+        {
+            "object_id": r.get("object_id"),
+            "ground_truth": ref,
+            "model_output": hyp,
+            "scores": {k: v[i] for k, v in per.items()},
+        }
+        for i, (r, ref, hyp) in enumerate(zip(results, refs, hyps))
+    ]
+    report = {"total": len(results), "sbert_model": sbert_label(args.sbert), "simcse_model": args.simcse, **means}
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"total": len(results), **scores}, indent=1))
+    tmp.write_text(json.dumps({**report, "results": rows}, indent=1))
     tmp.replace(out)
-    print("  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    print(metrics_table(means, args.sbert))
     print(f"written: {out}")
     return 0
 
@@ -451,10 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
     jd.add_argument("--sbert", default="minilm", help="sentence-transformers folder for the offline judge")
     jd.set_defaults(func=judge_cmd)
 
-    mt = sub.add_parser("metrics", help="caption metrics of a result file: BLEU-1, ROUGE-L, METEOR, SBERT, SimCSE")
+    mt = sub.add_parser(
+        "metrics",
+        help="caption metrics of a result file as PointLLM computes them: SBERT, SimCSE, BLEU-1..4, ROUGE-1/2/L, "
+        "METEOR",
+    )
     mt.add_argument("results")
-    mt.add_argument("--sbert", default="minilm", help="'minilm' (packaged) or a sentence-transformers folder")
-    mt.add_argument("--simcse", default=None, help="a local SimCSE model folder (e.g. sup-simcse-roberta-large)")
+    mt.add_argument(
+        "--sbert",
+        default=DEFAULT_SBERT,
+        help="Sentence-BERT model: 'mpnet' (all-mpnet-base-v2, the paper's; from its PyPI parts), 'minilm' "
+        "(all-MiniLM-L6-v2, the small fallback) or a local sentence-transformers folder (default: %(default)s)",
+    )
+    mt.add_argument(
+        "--simcse",
+        default=None,
+        help="a local SimCSE model folder (princeton-nlp/sup-simcse-roberta-large); none is packaged",
+    )
     mt.set_defaults(func=metrics_cmd)
 
     pr = sub.add_parser("probe", help="per-layer KNN probe of the point tokens (the paper's Figure 3)")

@@ -1,4 +1,5 @@
-"""Sentence embeddings (all-MiniLM-L6-v2 by default) for stage-0 pretraining and the caption metrics.
+"""Sentence embeddings: all-MiniLM-L6-v2 (stage-0 pretraining, the offline judge) and the caption metrics' Sentence-BERT
+(all-mpnet-base-v2 from its PyPI parts, MiniLM, or any local sentence-transformers folder).
 
 ``sentence-transformers`` is imported here only, when first needed.
 """
@@ -13,8 +14,13 @@ from pointalign.models.qformer import minilm_folder
 
 
 def resolve_text_encoder(name: str) -> str:
+    """``"minilm"`` / ``"mpnet"`` -> the packaged model's folder; anything else is a folder already."""
     if name == "minilm":
         return str(minilm_folder())
+    if name == "mpnet":
+        from pointalign.eval.mpnet import mpnet_folder
+
+        return str(mpnet_folder())
     return name
 
 

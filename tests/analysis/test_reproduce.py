@@ -11,6 +11,7 @@ from pointalign.analysis.reproduce import EVAL_RUNS, PLANS, Plan, alignment_trac
 from pointalign.checkpoint import save_checkpoint
 from pointalign.cli import main
 from pointalign.errors import ConfigError
+from pointalign.eval.metrics import COLUMNS
 from pointalign.eval.tasks import result_name
 from pointalign.training.stages import STAGES, apply_trainable
 
@@ -234,6 +235,8 @@ def test_reproduce_plan_drops_runs_and_full_restores_them(tmp_path, fake_pipelin
     assert all(r["legacy_span"] is None for r in report["rows"]) and report["legacy_span_trained"] is False
     md = (out / "report.md").read_text()
     assert "legacy span (not run)" in md and "every object of each split" in md
+    sbert_row = next(r for r in report["rows"] if r["metric"] == "caption_sbert")
+    assert sbert_row["label"] == "Captioning, Sentence-BERT (all-mpnet-base-v2)"  # cpu-small: the paper's model
     fake_pipeline["plans"].clear()
     assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--full"]) == 0
     assert [p.eval_runs for p in fake_pipeline["plans"]] == [EVAL_RUNS] * 3  # baseline, PointAlign, legacy span
@@ -285,11 +288,9 @@ def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
     assert set(summary["objects"]) == {
         "modelnet40_p0",
         "caption_judge",
-        "caption_sbert",
-        "caption_bleu1",
-        "caption_rougeL",
-        "caption_meteor",
+        *(f"caption_{k}" for k in COLUMNS if k != "simcse"),
     }
+    assert summary["settings"]["caption_metrics"] == {"stack": rm.CAPTION_STACK, "sbert": "all-MiniLM-L6-v2"}
     closed = summary["objects"]["modelnet40_p0"]
     assert closed["ids"] == ["0", "13", "26"] and set(closed["values"]) <= {0.0, 1.0} and closed["scale"] == 100.0
     assert summary["scores"]["modelnet40_p0"] == pytest.approx(100 * np.mean(closed["values"]))
@@ -304,6 +305,11 @@ def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
     monkeypatch.setattr("pointalign.checkpoint.load_model", no_model)
     assert rm.evaluate_model(ckpt, tiny_data, 256, plan, print_fn=lambda *_: None) == summary
     monkeypatch.undo()
+    # an older caption-metrics stack (the hand-written ROUGE-L, MiniLM only): recomputed from the same answers
+    older = json.loads(summary_path.read_text())
+    del older["settings"]["caption_metrics"]
+    summary_path.write_text(json.dumps({**older, "scores": {}}))
+    assert rm.evaluate_model(ckpt, tiny_data, 256, plan, print_fn=lambda *_: None) == summary
     # fewer objects from the same answers: the summary is recomputed over the first two of the spread
     fewer = rm.evaluate_model(ckpt, tiny_data, 256, dataclasses.replace(plan, eval_limit=2), print_fn=lambda *_: None)
     assert fewer["objects"]["modelnet40_p0"]["ids"] == ["0", "20"]

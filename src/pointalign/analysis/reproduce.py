@@ -28,6 +28,7 @@ from pointalign.analysis.facts_probe import FactsProbeResult, FactsProbeSettings
 from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_checkpoint
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError, DataError
+from pointalign.eval.metrics import DEFAULT_SBERT, sbert_label
 
 EVAL_RUNS: tuple[tuple[str, int], ...] = (
     ("cls-closed", 0),
@@ -40,6 +41,8 @@ STAGE1 = ["stage0", "stage1a", "stage1b", "stage1c"]
 DECODE = "decode_l"  # score key prefix of the fitted-projector loss at a layer: decode_l{layer}
 TRACE_LAST = 10  # the report's final alignment loss: the mean of this many last logged steps
 SUMMARY_FORMAT = 2  # of <ckpt>/evaluation/summary.json: 2 keeps per-object scores (1, aggregates only, is recomputed)
+# The caption metrics' recipe, kept in each summary's settings: a summary computed with another one is recomputed.
+CAPTION_STACK = "pointllm-traditional"  # NLTK BLEU/METEOR, the rouge package, per-pair Sentence-BERT
 N_BOOT = 10_000  # bootstrap resamples and sign flips per CI and p-value
 LEVEL = 0.95  # confidence level of every CI; the tests' alpha is 1 - LEVEL
 
@@ -65,6 +68,7 @@ class Plan:
     max_new_tokens_cls: int = 24  # generation limit of the classification tasks (short answers)
     max_new_tokens_caption: int = 24  # generation limit of captioning
     eval_batch_size: int = 8
+    sbert: str = DEFAULT_SBERT  # Sentence-BERT model of the caption metrics: "mpnet", "minilm" or a folder
 
     def __post_init__(self) -> None:
         from pointalign.eval.tasks import TASK_PROMPTS
@@ -100,6 +104,7 @@ PLANS = {
         eval_limit=8,
         max_new_tokens_cls=8,
         max_new_tokens_caption=8,
+        sbert="minilm",  # the tests' preset: the small packaged model (the report names it)
     ),
     "cpu-small": Plan(
         objects_per_class=40,
@@ -186,6 +191,7 @@ def eval_settings(plan: Plan, root: Path, file_points: int) -> dict:
         "limit": plan.eval_limit,
         "runs": [list(r) for r in plan.eval_runs],
         "max_new_tokens": {"cls": plan.max_new_tokens_cls, "caption": plan.max_new_tokens_caption},
+        "caption_metrics": {"stack": CAPTION_STACK, "sbert": sbert_label(plan.sbert)},
     }
 
 
@@ -255,7 +261,9 @@ def evaluate_model(ckpt: Path, root: Path, file_points: int, plan: Plan, print_f
         keep(key, ids, object_scores(report["kind"], acc.pop("rows")), 1.0 if task == "caption" else 100.0)
         summary["judge"][key] = acc
         if task == "caption":
-            per = caption_scores([str(r["ground_truth"]) for r in rows], [r["model_output"] for r in rows])
+            per = caption_scores(
+                [str(r["ground_truth"]) for r in rows], [r["model_output"] for r in rows], sbert=plan.sbert
+            )
             for metric, values in per.items():
                 keep(f"caption_{metric}", ids, values)
         print_fn(f"{ckpt.name}: {result_name(task, prompt)} done ({len(ids)} objects)")
@@ -609,7 +617,7 @@ def build_report(preset: str, seeds: int, summaries: dict, legacy: dict | None, 
     layers = sorted({int(k.removeprefix(DECODE)) for k in first["scores"] if k.startswith(DECODE)})
     facts = sorted(k for k in first["scores"] if k.startswith(FACTS))
     for key, label in [
-        *METRICS,
+        *[(k, f"{label} ({sbert_label(plan.sbert)})" if k == "caption_sbert" else label) for k, label in METRICS],
         *[(k, _facts_label(k)) for k in facts],
         *[(f"{DECODE}{layer}", _decode_label(layer)) for layer in layers],
     ]:
@@ -830,7 +838,7 @@ def sweep(preset: str, out: Path, fractions: list[float], data_root: Path | None
             model, _ = load_model(ckpt, for_inference=True)
             path = _run_task(model, "caption", 2, root, ckpt, plan, file_points)
             res = json.loads(path.read_text())["results"]
-            m = caption_metrics([r["ground_truth"] for r in res], [r["model_output"] for r in res])
+            m = caption_metrics([r["ground_truth"] for r in res], [r["model_output"] for r in res], sbert=plan.sbert)
             rows.append({"fraction": f, "variant": variant, **m})
             print_fn(f"fraction {f} {variant}: " + " ".join(f"{k} {v:.2f}" for k, v in m.items()))
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))

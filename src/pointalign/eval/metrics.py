@@ -1,13 +1,22 @@
-"""Caption metrics, per sample then averaged, all x 100 (REFERENCE_SPEC 6).
+"""Caption metrics as PointLLM's traditional evaluator computes them (REFERENCE_SPEC 6), per pair then averaged, x 100.
 
-- BLEU-1: NLTK ``sentence_bleu`` on whitespace tokens, weights (1, 0, 0, 0), smoothing method 1.
-- ROUGE-L: F1 of the longest common subsequence of lower-cased whitespace tokens.
-- METEOR: NLTK ``meteor_score`` with WordNet 3.0 from the Debian package ``wordnet-base`` (``make setup`` installs it;
-  ``$POINTALIGN_WORDNET`` may point at another WordNet database folder).
-- Sentence-BERT: cosine of sentence embeddings, all-MiniLM-L6-v2 by default or any local sentence-transformers folder.
-- SimCSE: cosine of the ``pooler_output`` of a local SimCSE model folder (e.g. sup-simcse-roberta-large); there is
-  none packaged, so asking for it without a folder is an error.
-An empty model output is scored as "##", as the reference does.
+The paper's caption table (PointAlign's, MiniGPT-3D's and PointLLM's) comes from ``traditional_evaluator.py``; each
+score here is that file's recipe, with the same libraries, so figures sit beside the published ones:
+
+| key | column | produced by |
+|---|---|---|
+| ``sbert`` | Sentence-BERT | sentence-transformers cosine, all-mpnet-base-v2 by default (``pointalign.eval.mpnet``) |
+| ``simcse`` | SimCSE | cosine of the ``pooler_output`` of a local sup-simcse-roberta-large (none is packaged) |
+| ``bleu1`` ... ``bleu4`` | BLEU-1 ... BLEU-4 | NLTK ``sentence_bleu``, smoothing method 1 |
+| ``rouge1``, ``rouge2``, ``rougeL`` | ROUGE-1/2/L | F of the ``rouge`` package's ``Rouge().get_scores`` |
+| ``meteor`` | METEOR | NLTK ``meteor_score`` with WordNet 3.0 (Debian's ``wordnet-base``) |
+
+PointLLM's quirks, kept on purpose (each function's docstring says which it has):
+- an output that is exactly ``""`` is scored as ``"##"`` (a whitespace-only one is not, and is scored as it is);
+- BLEU and METEOR tokens are ``str.split()`` tokens: punctuation stays on the word ("legs." is not "legs");
+- BLEU-3 weights are (0.33, 0.33, 0.33, 0), which sum to 0.99, not 1;
+- ``rouge`` splits each text into sentences at ".", is case-sensitive, counts each distinct n-gram (and, for
+  ROUGE-L, each distinct word) once, and computes F = 2PR / (P + R + 1e-8).
 """
 
 from __future__ import annotations
@@ -19,40 +28,76 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from pointalign.errors import ConfigError
+
+DEFAULT_SBERT = "mpnet"  # the Sentence-BERT model: "mpnet" (the paper's), "minilm" (small fallback) or a folder
+# Score keys in the paper's column order (SBERT, SimCSE, BLEU-1, ROUGE-L, METEOR), then the rest of PointLLM's.
+COLUMNS = {
+    "sbert": "SBERT",
+    "simcse": "SimCSE",
+    "bleu1": "BLEU-1",
+    "rougeL": "ROUGE-L",
+    "meteor": "METEOR",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+}
+# NLTK sentence_bleu weights per BLEU-n, as PointLLM passes them (BLEU-3's sum to 0.99).
+BLEU_WEIGHTS = {
+    1: (1, 0, 0, 0),
+    2: (0.5, 0.5, 0, 0),
+    3: (0.33, 0.33, 0.33, 0),
+    4: (0.25, 0.25, 0.25, 0.25),
+}
+EMPTY_OUTPUT = "##"  # what PointLLM scores in place of an empty model output
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
 _CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 
-def _tokens(text: str) -> list[str]:
-    return (text.strip() or "##").split()
+def scored_output(hypothesis: str) -> str:
+    """The text PointLLM scores for a model output: ``"##"`` in place of exactly ``""``, anything else as it is."""
+    return EMPTY_OUTPUT if hypothesis == "" else hypothesis
 
 
-def bleu1(reference: str, hypothesis: str) -> float:
+def bleu(reference: str, hypothesis: str, n: int) -> float:
+    """BLEU-``n`` x 100: NLTK ``sentence_bleu`` on ``str.split()`` tokens (case and punctuation kept), smoothing
+    method 1, PointLLM's weights (``BLEU_WEIGHTS``: BLEU-3's are 0.33 each, summing to 0.99); ``""`` scores as "##".
+    """
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-    ref, hyp = _tokens(reference), _tokens(hypothesis)
-    return 100.0 * sentence_bleu([ref], hyp, weights=(1, 0, 0, 0), smoothing_function=SmoothingFunction().method1)
+    return 100.0 * sentence_bleu(
+        [reference.split()],
+        scored_output(hypothesis).split(),
+        weights=BLEU_WEIGHTS[n],
+        smoothing_function=SmoothingFunction().method1,
+    )
 
 
-def rouge_l(reference: str, hypothesis: str) -> float:
-    ref, hyp = _tokens(reference.lower()), _tokens(hypothesis.lower())
-    # longest common subsequence by dynamic programming
-    prev = [0] * (len(hyp) + 1)
-    for r in ref:
-        cur = [0]
-        for j, h in enumerate(hyp):
-            cur.append(prev[j] + 1 if r == h else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(hyp), lcs / len(ref)
-    return 100.0 * 2 * p * r / (p + r)
+def rouge(reference: str, hypothesis: str) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F x 100 from the ``rouge`` package, as PointLLM calls it.
+
+    ``Rouge().get_scores(hypothesis, reference)`` splits each text into sentences at ".", and the sentences into words
+    at spaces, case-sensitively and keeping other punctuation ("round," is not "round", "A" is not "a"); n-grams are
+    counted as sets, so a repeated n-gram counts once; ROUGE-L is the summary-level union LCS over distinct words; F is
+    2PR / (P + R + 1e-8). ``""`` scores as "##". Where the package has no sentence to score (an output or ground
+    truth made only of "." and spaces, or an empty ground truth) it raises, and PointLLM's evaluator stops; here all
+    three scores are 0.
+    """
+    from rouge import Rouge
+
+    try:
+        scores = Rouge().get_scores(scored_output(hypothesis), reference)[0]
+    except ValueError:  # "Hypothesis is empty." / "Reference is empty." / "Collections must contain ..."
+        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    return {
+        "rouge1": 100.0 * scores["rouge-1"]["f"],
+        "rouge2": 100.0 * scores["rouge-2"]["f"],
+        "rougeL": 100.0 * scores["rouge-l"]["f"],
+    }
 
 
 @lru_cache(maxsize=1)
@@ -106,58 +151,92 @@ def wordnet_reader():
 
 
 def meteor(reference: str, hypothesis: str) -> float:
+    """METEOR x 100: NLTK ``meteor_score`` on ``str.split()`` tokens (it lower-cases them; punctuation stays on the
+    word), with WordNet 3.0 (``wordnet_reader``) for synonyms; ``""`` scores as "##"."""
     from nltk.translate.meteor_score import meteor_score
 
-    return 100.0 * meteor_score([_tokens(reference)], _tokens(hypothesis), wordnet=wordnet_reader())
+    return 100.0 * meteor_score([reference.split()], scored_output(hypothesis).split(), wordnet=wordnet_reader())
 
 
-def sbert_similarity(references: list[str], hypotheses: list[str], model: str = "minilm") -> list[float]:
-    """Per-pair cosine x 100."""
-    from pointalign.text_encoder import embed_texts
-
-    a = embed_texts([r.strip() or "##" for r in references], model)
-    b = embed_texts([h.strip() or "##" for h in hypotheses], model)
-    return (100.0 * (a * b).sum(dim=1)).tolist()
+def sbert_label(sbert: str) -> str:
+    """The name a table gives the Sentence-BERT model ``sbert``: the packaged model's name, else the folder."""
+    return {"mpnet": "all-mpnet-base-v2", "minilm": "all-MiniLM-L6-v2"}.get(sbert, sbert)
 
 
-@torch.no_grad()
+def sbert_similarity(references: list[str], hypotheses: list[str], model: str = DEFAULT_SBERT) -> list[float]:
+    """Per-pair Sentence-BERT cosine x 100, as PointLLM computes it: each (ground truth, output) pair encoded as one
+    batch of two (so padding, and the float result, are the same) and compared with ``util.cos_sim``; ``""`` scores
+    as "##". ``model`` is "mpnet" (all-mpnet-base-v2 from its PyPI parts), "minilm" or a sentence-transformers folder.
+    """
+    from sentence_transformers import util
+
+    from pointalign.text_encoder import load_text_encoder
+
+    encoder = load_text_encoder(model)
+    out = []
+    for ref, hyp in zip(references, hypotheses):  # encode runs under torch.inference_mode
+        emb = encoder.encode([ref, scored_output(hyp)], convert_to_tensor=True, show_progress_bar=False)
+        out.append(100.0 * util.cos_sim(emb[0], emb[1])[0][0].item())
+    return out
+
+
 def simcse_similarity(references: list[str], hypotheses: list[str], folder: str | None) -> list[float]:
+    """Per-pair SimCSE cosine x 100, as PointLLM computes it: the ``pooler_output`` of each (ground truth, output) pair
+    tokenized as one padded batch, compared in float64 (PointLLM uses scipy's cosine distance); ``""`` scores as "##".
+    No SimCSE model is packaged: ``folder`` is a local sup-simcse-roberta-large (or another SimCSE) folder.
+    """
     if not folder:
         raise ConfigError("SimCSE needs a local model folder (e.g. --simcse /models/sup-simcse-roberta-large)")
     if not (Path(folder) / "config.json").is_file():
         raise FileNotFoundError(f"SimCSE model folder {folder}: no config.json")
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        enc = tok([t.strip() or "##" for t in texts], padding=True, truncation=True, return_tensors="pt")
-        return torch.nn.functional.normalize(model(**enc).pooler_output, dim=-1)
-
-    return (100.0 * (embed(references) * embed(hypotheses)).sum(dim=1)).tolist()
-
-
-def caption_scores(
-    references: list[str], hypotheses: list[str], sbert: str = "minilm", simcse: str | None = None
-) -> dict[str, list[float]]:
-    """Every metric of each (reference, hypothesis) pair, in order: ``{"bleu1": [...], "rougeL": ..., ...}``."""
-    if len(references) != len(hypotheses) or not references:
-        raise ValueError("caption metrics: need as many hypotheses as references, at least one")
-    pairs = list(zip(references, hypotheses))
-    out = {
-        "bleu1": [bleu1(r, h) for r, h in pairs],
-        "rougeL": [rouge_l(r, h) for r, h in pairs],
-        "meteor": [meteor(r, h) for r, h in pairs],
-        "sbert": list(sbert_similarity(references, hypotheses, sbert)),
-    }
-    if simcse is not None:
-        out["simcse"] = list(simcse_similarity(references, hypotheses, simcse))
+    out = []
+    for ref, hyp in zip(references, hypotheses):
+        enc = tok([ref, scored_output(hyp)], padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            u, v = model(**enc).pooler_output.double()
+        out.append(100.0 * float(u @ v / (u.norm() * v.norm())))
     return out
 
 
+def caption_scores(
+    references: list[str], hypotheses: list[str], sbert: str = DEFAULT_SBERT, simcse: str | None = None
+) -> dict[str, list[float]]:
+    """Every metric of each (reference, hypothesis) pair, keyed and ordered as ``COLUMNS`` (``simcse`` only when a
+    SimCSE folder is given): ``{"sbert": [...], "bleu1": [...], ...}``."""
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError("caption metrics: need as many hypotheses as references, at least one")
+    pairs = list(zip(references, hypotheses))
+    rouges = [rouge(r, h) for r, h in pairs]
+    out = {
+        "sbert": sbert_similarity(references, hypotheses, sbert),
+        "simcse": simcse_similarity(references, hypotheses, simcse) if simcse is not None else None,
+        **{f"bleu{n}": [bleu(r, h, n) for r, h in pairs] for n in BLEU_WEIGHTS},
+        **{k: [s[k] for s in rouges] for k in ("rouge1", "rouge2", "rougeL")},
+        "meteor": [meteor(r, h) for r, h in pairs],
+    }
+    return {k: out[k] for k in COLUMNS if out[k] is not None}
+
+
 def caption_metrics(
-    references: list[str], hypotheses: list[str], sbert: str = "minilm", simcse: str | None = None
+    references: list[str], hypotheses: list[str], sbert: str = DEFAULT_SBERT, simcse: str | None = None
 ) -> dict[str, float]:
-    """Mean of each metric over the pairs (the means of ``caption_scores``)."""
+    """Mean of each metric over the pairs (the means of ``caption_scores``), in ``COLUMNS`` order."""
     return {k: sum(v) / len(v) for k, v in caption_scores(references, hypotheses, sbert, simcse).items()}
+
+
+def metrics_table(means: dict[str, float], sbert: str) -> str:
+    """A Markdown table of ``means`` in the paper's column order, the SBERT column naming its model."""
+    keys = [k for k in COLUMNS if k in means]
+    titles = [f"SBERT ({sbert_label(sbert)})" if k == "sbert" else COLUMNS[k] for k in keys]
+    return "\n".join(
+        [
+            "| " + " | ".join(titles) + " |",
+            "|" + "---:|" * len(keys),
+            "| " + " | ".join(f"{means[k]:.2f}" for k in keys) + " |",
+        ]
+    )
