@@ -53,7 +53,7 @@ def make_run(root: Path, points: int, name: str, align: bool, steps: int):
 
 def warm_cache(run) -> None:
     for _, records in run.data.sources:
-        run.cache.features([r.object_id for r in records], run.store.batch)
+        run.cache.qformer_outputs([r.object_id for r in records], run.store.batch)
 
 
 def llm_only_step(run, batch, embeds, opt) -> float:
@@ -139,9 +139,9 @@ def main() -> None:
             embeds = base.model.llm.get_input_embeddings()(batch.input_ids).detach()
             elapsed = llm_only_step(base, batch, embeds, llm_opt)
             # and the stage-2 step on exactly that batch, for the ratio
-            feats = base.cache.features([r.object_id for r in records], base.store.batch)
+            queries = base.cache.qformer_outputs([r.object_id for r in records], base.store.batch)
             t = time.perf_counter()
-            out = base.model(batch, features=feats)
+            out = base.model(batch, qformer_out=queries)
             base.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             base.optimizer.step()

@@ -111,11 +111,11 @@ def test_stage2_trains_lora_norms_and_projector_only(tiny_model):
     assert {"point_encoder", "bridge", "qformer", "projector"} <= tiny_model.eval_parts
 
 
-def test_features_equal_points_path(tiny_model):
+def test_qformer_outputs_equal_points_path(tiny_model):
     tiny_model.eval()
     batch, pts = make_batch(tiny_model), clouds(3, N)
     a = tiny_model(batch, points=pts)
-    b = tiny_model(batch, features=tiny_model.encode_points(pts))
+    b = tiny_model(batch, qformer_out=tiny_model.query_outputs(pts))
     assert torch.allclose(a.loss, b.loss)
     with pytest.raises(ValueError, match="exactly one"):
         tiny_model(batch)

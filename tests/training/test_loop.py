@@ -97,6 +97,28 @@ def test_feature_cache_gives_the_same_losses(chain, tiny_data, tmp_path):
     assert len(list((tmp_path / "fc").rglob("*.safetensors"))) > 0
 
 
+def test_feature_cache_trains_the_projector_as_the_points_path(chain, tiny_data, tmp_path):
+    """Everything before the projector frozen, the projector and the LLM's LoRA training (cpu-small's stages 1b-1c):
+    the cache is on by default and the projector learns from the cached Q-Former outputs as from the clouds."""
+    frozen = "trainable={bridge: frozen, qformer: frozen, query_tokens: frozen, projector: full}"
+    losses, projectors = {}, {}
+    for kind in ("none", "auto"):
+        cfg = load_train_config(
+            CONFIGS / "stage1b.yaml", [f"data.root={tiny_data}", f"init_from={chain / 'stage1a'}", frozen]
+        )
+        cfg.cache.kind = kind
+        run = setup(cfg, tmp_path / kind, DistInfo(0, 1, 0, torch.device("cpu")))
+        assert (run.cache is None) == (kind == "none")
+        start = run.model.projector.fc1.weight.detach().clone()
+        run.model.train()
+        losses[kind] = [train_step(run, run.model)["loss"] for _ in range(3)]
+        projectors[kind] = {k: v.clone() for k, v in run.model.projector.state_dict().items()}
+    assert losses["auto"] == pytest.approx(losses["none"], rel=1e-5, abs=1e-6)
+    for k, v in projectors["none"].items():
+        assert torch.allclose(projectors["auto"][k], v, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(projectors["auto"]["fc1.weight"], start)  # it did train
+
+
 def test_cache_refused_when_vision_trains(chain, tiny_data, capsys):
     assert (
         main(
@@ -112,7 +134,7 @@ def test_cache_refused_when_vision_trains(chain, tiny_data, capsys):
         )
         == 2
     )
-    assert "the vision side trains in this stage" in capsys.readouterr().err
+    assert "the point encoder, bridge or Q-Former trains in this stage" in capsys.readouterr().err
 
 
 def test_run_stage_returns_folder(chain, tiny_data):

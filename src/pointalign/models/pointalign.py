@@ -26,7 +26,7 @@ from pointalign.models import llm as llm_seam
 
 @dataclass
 class PointFeatures:
-    """What the frozen vision side hands the LLM (cacheable in stage 2)."""
+    """What the vision side hands the LLM: the Q-Former outputs (cacheable when frozen) and the point tokens."""
 
     qformer_out: Tensor  # (B, Q, Dq): the alignment anchor
     point_tokens: Tensor  # (B, Q, D): spliced into the LLM input
@@ -92,15 +92,21 @@ class PointAlignModel(nn.Module):
         return self
 
     # -- vision side ---------------------------------------------------------------------------------------------
-    def encode_points(self, points: Tensor) -> PointFeatures:
-        """(B, N, F) point clouds -> Q-Former outputs (B, Q, Dq) and LLM point tokens (B, Q, D)."""
+    def query_outputs(self, points: Tensor) -> Tensor:
+        """(B, N, F) point clouds -> Q-Former outputs (B, Q, Dq): everything before the modality projector."""
         tokens = self.point_encoder(points)  # (B, T, C)
         features = self.bridge(tokens)  # (B, T, V)
         if self.query_experts is None:
-            q = self.qformer(features)  # (B, Q, Dq)
-        else:
-            q = self.query_experts(tokens, features, self.qformer)  # (B, Q, Dq)
-        return PointFeatures(qformer_out=q, point_tokens=self.projector(q))  # (B, Q, D)
+            return self.qformer(features)  # (B, Q, Dq)
+        return self.query_experts(tokens, features, self.qformer)  # (B, Q, Dq)
+
+    def encode_points(self, points: Tensor) -> PointFeatures:
+        """(B, N, F) point clouds -> Q-Former outputs (B, Q, Dq) and LLM point tokens (B, Q, D)."""
+        return self.project(self.query_outputs(points))
+
+    def project(self, qformer_out: Tensor) -> PointFeatures:
+        """Q-Former outputs (B, Q, Dq) -> features with the LLM point tokens (B, Q, D)."""
+        return PointFeatures(qformer_out=qformer_out, point_tokens=self.projector(qformer_out))
 
     def embed(self, batch: PromptBatch, point_tokens: Tensor) -> Tensor:
         """Text embeddings with the point tokens spliced in at ``batch.point_positions``: (B, L, D)."""
@@ -121,15 +127,16 @@ class PointAlignModel(nn.Module):
 
     # -- training forward ----------------------------------------------------------------------------------------
     def forward(
-        self, batch: PromptBatch, points: Tensor | None = None, features: PointFeatures | None = None
+        self, batch: PromptBatch, points: Tensor | None = None, qformer_out: Tensor | None = None
     ) -> PointAlignOutput:
         """Next-token loss on the answers, plus the alignment loss when an alignment projector is present.
 
-        Give either ``points`` (B, N, F) or precomputed ``features``.
+        Give either ``points`` (B, N, F) or precomputed Q-Former outputs ``qformer_out`` (B, Q, Dq) (the feature
+        cache's); the modality projector runs here either way, so it can train on cached outputs.
         """
-        if (points is None) == (features is None):
-            raise ValueError("PointAlignModel.forward: give exactly one of points / features")
-        feats = self.encode_points(points) if features is None else features
+        if (points is None) == (qformer_out is None):
+            raise ValueError("PointAlignModel.forward: give exactly one of points / qformer_out")
+        feats = self.encode_points(points) if qformer_out is None else self.project(qformer_out)
         embeds = self.embed(batch, feats.point_tokens)  # (B, L, D)
         captured: list[Tensor] = []
         handle = None

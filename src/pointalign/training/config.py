@@ -130,9 +130,11 @@ class WordsConfig:
 
 @dataclass
 class CacheConfig:
-    """Stage-2 feature cache: everything before the LLM is frozen, so its outputs are computed once per object."""
+    """Feature cache: when everything before the modality projector is frozen, its outputs (the Q-Former outputs) are
+    computed once per cloud and the projector runs on them (``training/feature_cache.py``)."""
 
-    kind: Literal["auto", "none", "memory", "disk"] = "auto"  # auto = memory when the vision side is frozen
+    # auto = memory when the point encoder, bridge, Q-Former and query experts are all frozen
+    kind: Literal["auto", "none", "memory", "disk"] = "auto"
     dir: str | None = None  # for "disk": default <out>/<stage>/feature_cache
 
 

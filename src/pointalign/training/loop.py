@@ -30,7 +30,7 @@ from pointalign.models.pointalign import PointAlignModel
 from pointalign.training.config import TrainConfig
 from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from pointalign.training.feature_cache import FeatureCache, vision_is_frozen
+from pointalign.training.feature_cache import FeatureCache, encoder_side_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
 from pointalign.training.precision import PrecisionChoice, resolve_precision
 from pointalign.training.stages import apply_trainable
@@ -212,10 +212,14 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoic
     data = MixtureData(cfg.data, cfg.seed, dist.rank, dist.world)
     store = PointStore(data.folder, model_cfg.encoder.num_points, cfg.data.resample)
     cache = None
-    frozen = vision_is_frozen(model)
-    if cfg.cache.kind in ("memory", "disk") or (cfg.cache.kind == "auto" and frozen and cfg.kind == "instruct"):
+    frozen = encoder_side_frozen(model)
+    auto = cfg.cache.kind == "auto" and frozen and cfg.kind in ("instruct", "words")
+    if cfg.cache.kind in ("memory", "disk") or auto:
         if not frozen:
-            raise ConfigError(f"cache.kind={cfg.cache.kind}: the vision side trains in this stage; use cache.kind=off")
+            raise ConfigError(
+                f"cache.kind={cfg.cache.kind}: the point encoder, bridge or Q-Former trains in this stage; "
+                "use cache.kind=none"
+            )
         points = f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}"
         extra = f"{points}|{precision.chosen}"  # the resolved precision: an "auto" run keys by what it ran in
         disk = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
@@ -260,9 +264,8 @@ def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     keys = cloud_keys([r.object_id for r in records], run.cfg.data.colour_dropout)
     with autocast(run):
         if run.cache is not None:
-            feats = run.cache.features(keys, lambda ks: clouds_for(run.store, ks))
-            feats = type(feats)(feats.qformer_out.to(run.dist.device), feats.point_tokens.to(run.dist.device))
-            out = forward(batch, features=feats)
+            queries = run.cache.qformer_outputs(keys, lambda ks: clouds_for(run.store, ks))  # (B, Q, Dq)
+            out = forward(batch, qformer_out=queries.to(run.dist.device))
         else:
             out = forward(batch, points=clouds_for(run.store, keys).to(run.dist.device))
     run.optimizer.zero_grad(set_to_none=True)

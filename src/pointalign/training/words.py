@@ -7,8 +7,9 @@ input embeddings ``E`` of the caption vocabulary (every token of the training ca
 space as they appear mid-sentence, except those in more than ``words.max_df`` of the captions: " a", " with", ...).
 A word's score is its best point token's, ``s_w = max_k cos(t_k, E_w) / words.temperature``, and the loss is the
 cross-entropy of the caption's own words under the softmax of ``s`` over the vocabulary, averaged over them. Only
-what the stage's ``trainable`` names trains (the projector); the LLM is never run, so a step costs the vision side's
-forward pass and one (B, Q, W) similarity.
+what the stage's ``trainable`` names trains (the projector); the LLM is never run. With everything before the
+projector frozen, the feature cache (``cache.kind: auto``) computes the Q-Former outputs once per cloud, so after the
+first pass over the clouds a step costs the projector and one (B, Q, W) similarity.
 
 ``WORDS`` is the stage kind that ``training/run.py`` hands to the loop.
 """
@@ -55,8 +56,6 @@ def word_loss(tokens: torch.Tensor, vocab: torch.Tensor, targets: list[list[int]
 
 def setup_words(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoice | None = None) -> StageRun:
     """The ``words`` stage's run: an instruction stage's run plus the caption vocabulary and its LLM embeddings."""
-    if cfg.cache.kind != "none":
-        raise ConfigError("kind: words trains the projector; set cache.kind: none")
     run = setup(cfg, out, dist, precision)
     captions = sorted({r.turns[0][1] for _, recs in run.data.sources for r in recs})
     keep, targets = caption_words(captions, run.model.tokenizer, cfg.words.max_df)
@@ -71,11 +70,12 @@ def words_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     del forward  # the LLM is not run; under DDP the projector's gradients are averaged by hand
     _, records = run.data.next_batch()
     keys = cloud_keys([r.object_id for r in records], run.cfg.data.colour_dropout)
-    points = clouds_for(run.store, keys).to(run.dist.device)
     model = run.model
     with autocast(run):
-        with torch.no_grad():  # the vision side before the projector is frozen in this stage
-            queries = model.qformer(model.bridge(model.point_encoder(points)))  # (B, Q, Dq)
+        if run.cache is not None:  # everything before the projector frozen: its outputs computed once per cloud
+            queries = run.cache.qformer_outputs(keys, lambda ks: clouds_for(run.store, ks)).to(run.dist.device)
+        else:
+            queries = model.query_outputs(clouds_for(run.store, keys).to(run.dist.device))  # (B, Q, Dq)
         tokens = model.projector(queries)  # (B, Q, D)
     targets = [run.aux["targets"][r.turns[0][1]] for r in records]
     loss = word_loss(tokens, run.aux["vocab"], targets, run.cfg.words.temperature)
