@@ -4,6 +4,7 @@ import torch
 from pointalign.analysis.seams import (
     SeamSettings,
     attention_to_points,
+    class_noun_accuracy,
     diagnose,
     format_report,
     linear_probe_accuracy,
@@ -43,6 +44,19 @@ def test_attention_shares_are_fractions_and_leave_the_model_as_it_was(tiny_model
     assert llm.config._attn_implementation == before
 
 
+def test_class_noun_accuracy_by_hand(tiny_model):
+    classes = ["chair", "table", "lamp"]
+    table = tiny_model.llm.get_input_embeddings().weight.detach().float()
+    first = [tiny_model.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in classes]  # bytes: c, t, l
+    noise = torch.randn(3, 4, table.shape[1]) * 1e-3
+    tokens = table[first][:, None, :].repeat(1, 4, 1) * 0.0 + noise  # (M=3, Q=4, D): nowhere in particular
+    tokens[0, 2] = 5.0 * table[first[0]]  # object 0: one token is "chair"
+    tokens[1, 0] = table[first[2]]  # object 1: one token is "lamp" (wrong: it is a table)
+    tokens[2, 3] = -table[first[2]] + 3.0 * table[first[2]]  # object 2: along "lamp"
+    labels = torch.tensor([0, 1, 2])
+    assert class_noun_accuracy(tiny_model, tokens, labels, classes) == pytest.approx(200.0 / 3)
+
+
 def test_diagnose_on_tiny_data(tiny_model, tiny_data):
     settings = SeamSettings(
         train_per_class=1,
@@ -60,7 +74,8 @@ def test_diagnose_on_tiny_data(tiny_model, tiny_data):
     assert -1.0 <= report.mean_cosine_between_objects <= 1.0
     assert report.caption_gap == pytest.approx(report.caption_loss_other_cloud - report.caption_loss_own_cloud)
     text = format_report("tiny", report)
-    assert "| encoder | " in text and "caption loss" in text
+    assert "| encoder | " in text and "caption loss" in text and "own class name" in text
+    assert 0.0 <= report.class_noun_accuracy <= 100.0
 
 
 def test_diagnose_cli(tiny_model, tiny_config, tiny_data, tmp_path, capsys):

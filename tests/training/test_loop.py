@@ -241,3 +241,27 @@ def test_bad_colour_dropout_is_refused(tiny_data, tmp_path, capsys):
     assert main([*args, "data.colour_dropout=1.5"]) == 2
     assert "data.colour_dropout" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_cache_is_shared_by_stages_with_the_same_encoder_side(chain, tiny_data, tmp_path):
+    """cpu-small's stages after stage 0 share ``<out>/feature_cache``: a later stage reads what an earlier one wrote."""
+    frozen = "trainable={bridge: frozen, qformer: frozen, query_tokens: frozen, projector: full}"
+    caches = []
+    for stage in ("stage1b", "stage1c"):
+        cfg = load_train_config(
+            CONFIGS / f"{stage}.yaml",
+            [
+                f"data.root={tiny_data}",
+                f"init_from={chain / 'stage1a'}",
+                frozen,
+                "cache.kind=disk",
+                "data.mixture={brief: {batch_size: 2}}",
+            ],
+        )
+        run = setup(cfg, tmp_path, DistInfo(0, 1, 0, torch.device("cpu")))
+        run.model.train()
+        for _ in range(3):
+            train_step(run, run.model)
+        caches.append(run.cache)
+    assert caches[0].key == caches[1].key and caches[0].misses > 0
+    assert caches[1].misses == 0 and caches[1].hits == caches[0].hits + caches[0].misses

@@ -90,6 +90,6 @@ def test_trainable_in_a_config_changes_only_the_parts_it_names(tmp_path):
 def test_cpu_small_stage1a_is_the_words_kind():
     cfg = load_train_config(CONFIGS / "cpu-small" / "stage1a.yaml")
     assert cfg.kind == "words" and cfg.stage == "stage1a" and cfg.init_from == "stage0"
-    assert cfg.cache.kind == "auto"  # everything before the projector is frozen: its outputs are cached
+    assert cfg.cache.kind == "disk"  # everything before the projector is frozen: its outputs are cached, for all stages
     assert cfg.model_set == {"projector.output_scale": "text", "projector.activation": "gelu"}
     assert cfg.trainable.projector == "full" and cfg.trainable.qformer == "frozen" and cfg.trainable.llm == "frozen"

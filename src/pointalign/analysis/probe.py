@@ -165,9 +165,10 @@ def decode_loss(
 
 def labelled_clouds(
     root: Path, num_points: int, train_per_class: int, test_limit: int | None, file_points: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """The probes' objects: ``train_per_class`` labelled train clouds (N, P, F) and the test split's clouds (M, P, F)
-    (``test_limit`` of them spread over it), with class indices (N,) and (M,) over the sorted class names. When the
+    (``test_limit`` of them spread over it), with class indices (N,) and (M,) over the sorted class names (the fifth
+    value). When the
     test clouds have no colour (ModelNet40's format), the train clouds' colours are zeroed: like is compared with
     like."""
     folder = PointLLMFolder(root, file_points)
@@ -180,7 +181,7 @@ def labelled_clouds(
         train_clouds[..., 3:] = 0.0
     train_y = torch.tensor([classes.index(c) for _, c in train])
     test_y = torch.tensor([classes.index(it.label_name) for it in test_items])
-    return train_clouds, train_y, test_clouds, test_y
+    return train_clouds, train_y, test_clouds, test_y, classes
 
 
 def probe_checkpoint(ckpt: Path, root: Path, settings: ProbeSettings = ProbeSettings()) -> ProbeResult:
@@ -189,7 +190,7 @@ def probe_checkpoint(ckpt: Path, root: Path, settings: ProbeSettings = ProbeSett
     from pointalign.checkpoint import load_model
 
     model, cfg = load_model(ckpt, for_inference=True)
-    train_clouds, train_y, test_clouds, test_y = labelled_clouds(
+    train_clouds, train_y, test_clouds, test_y, _ = labelled_clouds(
         root, cfg.encoder.num_points, settings.train_per_class, settings.test_limit, settings.file_points
     )
     n_states = len(decoder_layers(model.llm)) + 1

@@ -8,6 +8,9 @@ It measures the same thing at each seam of the model, on the same objects:
   concatenated), and the mean point token at a few LLM layers;
 - **the seam into the LLM**: the RMS of the point tokens against the RMS of the LLM's text embeddings, and how alike
   different objects' point tokens are (mean cosine between objects; spread across objects / norm of the mean);
+- **class nouns**: the share of test objects for which, among the LLM input embeddings of the class names (each
+  name's first token, lower-cased, with a leading space), the one closest by cosine to any of the object's point
+  tokens is its own class's: how directly the point tokens name the class to an LLM that copies words;
 - **use**: the caption loss (nats per answer token) of val objects with their own cloud and with another object's
   cloud: a gap near 0 means the answer does not depend on the points;
 - **attention**: per LLM layer, the share of the attention from the last prompt position (where the first answer
@@ -55,6 +58,7 @@ class SeamReport:
     spread_over_mean_norm: float
     caption_loss_own_cloud: float
     caption_loss_other_cloud: float
+    class_noun_accuracy: float = 0.0  # % of test objects whose point tokens lie nearest their own class name
     attention_to_points: list[float] = field(default_factory=list)  # per LLM layer (1..L)
 
     @property
@@ -137,12 +141,31 @@ def attention_to_points(model: PointAlignModel, clouds: Tensor) -> list[float]:
     return shares
 
 
+@torch.no_grad()
+def class_noun_accuracy(model: PointAlignModel, tokens: Tensor, labels: Tensor, classes: list[str]) -> float:
+    """% of objects whose point tokens (M, Q, D) lie nearest (cosine, best token) to the input embedding of their own
+    class name's first word token (lower-cased, read with a leading space) among the ``classes``' (labels (M,) index
+    ``classes``)."""
+    tok = model.tokenizer
+
+    def first_word_token(name: str) -> int:  # a byte-level tokenizer gives the leading space a token of its own
+        ids = tok(" " + name.lower(), add_special_tokens=False)["input_ids"]
+        return next((i for i in ids if tok.decode([i]).strip()), ids[0])
+
+    first = [first_word_token(c) for c in classes]
+    table = model.llm.get_input_embeddings().weight.detach().float().cpu()
+    names = torch.nn.functional.normalize(table[torch.tensor(first)], dim=-1)  # (C, D)
+    unit = torch.nn.functional.normalize(tokens.float(), dim=-1)  # (M, Q, D)
+    best = (unit @ names.t()).max(dim=1).values  # (M, C): each name's best point token
+    return 100.0 * float((best.argmax(-1) == labels).float().mean())
+
+
 def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSettings()) -> SeamReport:
     """Every seam measurement of ``model`` on the dataset at ``root`` (see the module docstring)."""
     n = model.config.encoder.num_points
-    train_pts, train_y, test, test_y = labelled_clouds(
+    train_pts, train_y, test, test_y, classes = labelled_clouds(
         root, n, settings.train_per_class, settings.test_limit, settings.file_points
-    )  # (N, P, F), (N,), (M, P, F), (M,)
+    )  # (N, P, F), (N,), (M, P, F), (M,), class names
 
     def both(a: Tensor, b: Tensor) -> tuple[float, float]:
         knn = knn_accuracy(a, train_y, b, test_y, 1)
@@ -175,6 +198,7 @@ def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSe
         rms_text_embeddings=float(text.pow(2).mean(-1).sqrt().mean()),
         mean_cosine_between_objects=float(off_diagonal.mean()),
         spread_over_mean_norm=float((mean_tok - centre).norm(dim=-1).mean() / centre.norm()),
+        class_noun_accuracy=class_noun_accuracy(model, tokens, test_y, classes),
         caption_loss_own_cloud=caption_loss(model, val, captions),
         caption_loss_other_cloud=caption_loss(model, val.roll(shift, 0), captions),
         attention_to_points=attention_to_points(model, test[:16]),
@@ -195,6 +219,7 @@ def format_report(name: str, r: SeamReport) -> str:
         f"{r.rms_text_embeddings:.3f} |",
         f"| mean cosine between two objects' point tokens | {r.mean_cosine_between_objects:.3f} |",
         f"| spread across objects / norm of the mean point token | {r.spread_over_mean_norm:.3f} |",
+        f"| objects whose point tokens lie nearest their own class name (%) | {r.class_noun_accuracy:.1f} |",
         f"| caption loss, own cloud / another object's (nats per token) | {r.caption_loss_own_cloud:.3f} / "
         f"{r.caption_loss_other_cloud:.3f} (gap {r.caption_gap:.3f}) |",
         "| attention share on the point tokens (last prompt position), layers "
