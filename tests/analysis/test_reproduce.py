@@ -216,7 +216,14 @@ def closed_line(md: str, start: str) -> str:
 
 def test_reproduce_plan_drops_runs_and_full_restores_them(tmp_path, fake_pipeline, monkeypatch, capsys):
     lean = dataclasses.replace(PLANS["cpu-small"], eval_runs=(("caption", 2),), legacy_span=False)
+    assert not lean.class_probe  # cpu-small's quickstart leaves the class probe to --full
     monkeypatch.setitem(PLANS, "cpu-small", lean)
+    probed = []
+    monkeypatch.setattr(
+        rm,
+        "cached_probe",
+        lambda ckpt, root, settings: probed.append(ckpt.name) or ProbeResult({1: [50.0, 40.0, 45.0]}, 1, {0: 0.1}),
+    )
     out = tmp_path / "lean"
     assert main(["reproduce", "--preset", "cpu-small", "--out", str(out)]) == 0
     assert [p.eval_runs for p in fake_pipeline["plans"]] == [(("caption", 2),)] * 2
@@ -235,12 +242,18 @@ def test_reproduce_plan_drops_runs_and_full_restores_them(tmp_path, fake_pipelin
     assert all(r["legacy_span"] is None for r in report["rows"]) and report["legacy_span_trained"] is False
     md = (out / "report.md").read_text()
     assert "legacy span (not run)" in md and "every object of each split" in md
+    assert probed == [] and "probe" not in report and not any(r["metric"].startswith("probe_") for r in report["rows"])
+    assert "Layer probe (Figure 3): not run by this plan; `reproduce --full` runs it." in md
     sbert_row = next(r for r in report["rows"] if r["metric"] == "caption_sbert")
     assert sbert_row["label"] == "Captioning, Sentence-BERT (all-mpnet-base-v2)"  # cpu-small: the paper's model
     fake_pipeline["plans"].clear()
     assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--full"]) == 0
     assert [p.eval_runs for p in fake_pipeline["plans"]] == [EVAL_RUNS] * 3  # baseline, PointAlign, legacy span
     assert "stage2-legacy-seed0" in fake_pipeline["trained"]
+    assert sorted(probed) == ["stage2-baseline-seed0", "stage2-legacy-seed0", "stage2-seed0"]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["probe"]["summary"]) == {"baseline", "pointalign", "legacy-span"}
+    assert "probe_k1" in {r["metric"] for r in report["rows"]}
     capsys.readouterr()
 
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from pointalign.analysis.seams import (
     linear_probe_accuracy,
     seam_features,
 )
+from pointalign.data.synth import FACTS_FILE
 from tests.conftest import clouds
 
 
@@ -76,6 +79,27 @@ def test_diagnose_on_tiny_data(tiny_model, tiny_data):
     text = format_report("tiny", report)
     assert "| encoder | " in text and "caption loss" in text and "own class name" in text
     assert 0.0 <= report.class_noun_accuracy <= 100.0
+    coloured, zeroed = report.class_noun_val  # the embedded dataset names val classes; its val clouds have colour
+    assert 0.0 <= coloured <= 100.0 and 0.0 <= zeroed <= 100.0
+    assert f"with the colours zeroed (%) | {coloured:.1f} / {zeroed:.1f} |" in text
+
+
+def test_class_noun_by_colour_needs_classes_and_colours(tiny_model, tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    import pointalign.analysis.seams as seams
+
+    classes = sorted({v["class"] for v in json.loads((tiny_data / "anno_data" / FACTS_FILE).read_text()).values()})
+    seen = []
+    real = seams.class_noun_accuracy
+    monkeypatch.setattr(seams, "class_noun_accuracy", lambda m, t, y, c: seen.append(t.clone()) or real(m, t, y, c))
+    assert seams.class_noun_by_colour(tiny_model, tiny_data, classes, 256, 256) is not None
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])  # the colours reach the point tokens
+    assert seams.class_noun_by_colour(tiny_model, tiny_data, ["no such class"], 256, 256) is None
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_data, bare)
+    (bare / "anno_data" / FACTS_FILE).unlink()
+    assert seams.class_noun_by_colour(tiny_model, bare, classes, 256, 256) is None  # no classes for val objects
 
 
 def test_diagnose_cli(tiny_model, tiny_config, tiny_data, tmp_path, capsys):

@@ -4,6 +4,7 @@ import torch
 
 from pointalign.config import PointEncoderConfig
 from pointalign.models.point_encoder import (
+    MiniPointNet,
     PointEncoder,
     farthest_point_sample,
     group_points,
@@ -133,3 +134,32 @@ def test_loads_base_model_checkpoint_and_rejects_mismatch(tmp_path):
         load_point_bert_checkpoint(PointEncoder(CFG), tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError):
         load_point_bert_checkpoint(PointEncoder(CFG), tmp_path / "missing.pth")
+
+
+def _conv1d_reference(m: MiniPointNet, groups: torch.Tensor) -> torch.Tensor:
+    """Point-BERT's formulation: Conv1d over (BG, C, K)."""
+    b, g, k, f = groups.shape
+    x = m.first_conv(groups.reshape(b * g, k, f).transpose(1, 2))  # (BG, w1, K)
+    glob = x.max(dim=2, keepdim=True).values
+    x = m.second_conv(torch.cat([glob.expand(-1, -1, k), x], dim=1))  # (BG, E, K)
+    return x.max(dim=2).values.reshape(b, g, -1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_minipointnet_rows_equal_point_berts_conv1d(training):
+    torch.manual_seed(0)
+    ours = MiniPointNet(6, 24, (8, 16, 32))
+    ref = MiniPointNet(6, 24, (8, 16, 32))
+    ref.load_state_dict(ours.state_dict())
+    ours.train(training), ref.train(training)
+    groups = torch.randn(2, 5, 7, 6, requires_grad=True)
+    ref_groups = groups.detach().clone().requires_grad_(True)
+    out, expected = ours(groups), _conv1d_reference(ref, ref_groups)  # (B, G, E)
+    assert out.shape == (2, 5, 24)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.square().sum().backward(), expected.square().sum().backward()
+    torch.testing.assert_close(groups.grad, ref_groups.grad, atol=1e-4, rtol=1e-4)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
+    for (name, a), c in zip(ours.named_buffers(), ref.buffers()):  # BatchNorm's running statistics
+        torch.testing.assert_close(a, c, msg=name)

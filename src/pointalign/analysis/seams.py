@@ -10,7 +10,9 @@ It measures the same thing at each seam of the model, on the same objects:
   different objects' point tokens are (mean cosine between objects; spread across objects / norm of the mean);
 - **class nouns**: the share of test objects for which, among the LLM input embeddings of the class names (each
   name's first token, lower-cased, with a leading space), the one closest by cosine to any of the object's point
-  tokens is its own class's: how directly the point tokens name the class to an LLM that copies words;
+  tokens is its own class's: how directly the point tokens name the class to an LLM that copies words; where the
+  dataset names each val object's class (the embedded dataset's facts file) and its clouds carry colour, the same
+  share on the val objects with their colours and with the colours zeroed (a gap: colour crowds the class out);
 - **use**: the caption loss (nats per answer token) of val objects with their own cloud and with another object's
   cloud: a gap near 0 means the answer does not depend on the points;
 - **attention**: per LLM layer, the share of the attention from the last prompt position (where the first answer
@@ -21,6 +23,7 @@ Train clouds lose their colours when the test clouds have none, as in ``pointali
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from pointalign.analysis.probe import knn_accuracy, labelled_clouds, point_states, prompt_forward
 from pointalign.data.readers import PointLLMFolder, read_annotations
-from pointalign.data.synth import VAL_GT_FILE
+from pointalign.data.synth import FACTS_FILE, VAL_GT_FILE
 from pointalign.eval.tasks import PROMPTS
 from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel
@@ -59,6 +62,8 @@ class SeamReport:
     caption_loss_own_cloud: float
     caption_loss_other_cloud: float
     class_noun_accuracy: float = 0.0  # % of test objects whose point tokens lie nearest their own class name
+    # the same on the val objects with their colours and with the colours zeroed; None without classes or colours
+    class_noun_val: tuple[float, float] | None = None
     attention_to_points: list[float] = field(default_factory=list)  # per LLM layer (1..L)
 
     @property
@@ -160,6 +165,31 @@ def class_noun_accuracy(model: PointAlignModel, tokens: Tensor, labels: Tensor, 
     return 100.0 * float((best.argmax(-1) == labels).float().mean())
 
 
+def class_noun_by_colour(
+    model: PointAlignModel, root: Path, classes: list[str], num_points: int, file_points: int
+) -> tuple[float, float] | None:
+    """``class_noun_accuracy`` of the val objects with their colours and with the colours zeroed, or None when the
+    dataset has no facts file naming their classes (among ``classes``) or their clouds have no colour."""
+    facts_path = root / "anno_data" / FACTS_FILE
+    if not facts_path.is_file():
+        return None
+    facts = json.loads(facts_path.read_text())
+    ids = [o for o, f in facts.items() if f.get("split") == "val" and f.get("class") in classes]
+    if not ids:
+        return None
+    folder = PointLLMFolder(root, file_points)
+    clouds = torch.stack([reduce_points(torch.from_numpy(folder.cloud(o)), num_points) for o in ids])  # (V, P, F)
+    if clouds.shape[-1] < 6 or clouds[..., 3:].abs().max() == 0:
+        return None
+    labels = torch.tensor([classes.index(facts[o]["class"]) for o in ids])
+    q = model.config.qformer.num_queries
+    shares = []
+    for c in (clouds, torch.cat([clouds[..., :3], torch.zeros_like(clouds[..., 3:])], dim=-1)):
+        tokens = seam_features(model, c)["point tokens (all queries)"].view(len(ids), q, -1)  # (V, Q, D)
+        shares.append(class_noun_accuracy(model, tokens, labels, classes))
+    return shares[0], shares[1]
+
+
 def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSettings()) -> SeamReport:
     """Every seam measurement of ``model`` on the dataset at ``root`` (see the module docstring)."""
     n = model.config.encoder.num_points
@@ -199,6 +229,7 @@ def diagnose(model: PointAlignModel, root: Path, settings: SeamSettings = SeamSe
         mean_cosine_between_objects=float(off_diagonal.mean()),
         spread_over_mean_norm=float((mean_tok - centre).norm(dim=-1).mean() / centre.norm()),
         class_noun_accuracy=class_noun_accuracy(model, tokens, test_y, classes),
+        class_noun_val=class_noun_by_colour(model, root, classes, n, settings.file_points),
         caption_loss_own_cloud=caption_loss(model, val, captions),
         caption_loss_other_cloud=caption_loss(model, val.roll(shift, 0), captions),
         attention_to_points=attention_to_points(model, test[:16]),
@@ -220,6 +251,14 @@ def format_report(name: str, r: SeamReport) -> str:
         f"| mean cosine between two objects' point tokens | {r.mean_cosine_between_objects:.3f} |",
         f"| spread across objects / norm of the mean point token | {r.spread_over_mean_norm:.3f} |",
         f"| objects whose point tokens lie nearest their own class name (%) | {r.class_noun_accuracy:.1f} |",
+        *(
+            [
+                "| the same, val objects with their colours / with the colours zeroed (%) | "
+                f"{r.class_noun_val[0]:.1f} / {r.class_noun_val[1]:.1f} |"
+            ]
+            if r.class_noun_val is not None
+            else []
+        ),
         f"| caption loss, own cloud / another object's (nats per token) | {r.caption_loss_own_cloud:.3f} / "
         f"{r.caption_loss_other_cloud:.3f} (gap {r.caption_gap:.3f}) |",
         "| attention share on the point tokens (last prompt position), layers "

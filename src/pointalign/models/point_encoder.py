@@ -108,12 +108,20 @@ class MiniPointNet(nn.Module):
 
     def forward(self, groups: Tensor) -> Tensor:
         b, g, k, f = groups.shape
-        x = groups.reshape(b * g, k, f).transpose(1, 2)  # (BG, F, K)
-        x = self.first_conv(x)  # (BG, w1, K)
-        glob = x.max(dim=2, keepdim=True).values  # (BG, w1, 1)
-        x = torch.cat([glob.expand(-1, -1, k), x], dim=1)  # (BG, 2 w1, K)
-        x = self.second_conv(x)  # (BG, E, K)
-        return x.max(dim=2).values.reshape(b, g, -1)  # (B, G, E)
+        x = self._pointwise(self.first_conv, groups.reshape(b * g * k, f)).view(b * g, k, -1)  # (BG, K, w1)
+        glob = x.max(dim=1, keepdim=True).values  # (BG, 1, w1)
+        x = torch.cat([glob.expand(-1, k, -1), x], dim=2).view(b * g * k, -1)  # (BGK, 2 w1)
+        x = self._pointwise(self.second_conv, x).view(b * g, k, -1)  # (BG, K, E)
+        return x.max(dim=1).values.reshape(b, g, -1)  # (B, G, E)
+
+    @staticmethod
+    def _pointwise(block: nn.Sequential, x: Tensor) -> Tensor:
+        """conv(1x1) -> BatchNorm -> ReLU -> conv(1x1) on (N, C) rows, one row per point: the convolutions' own
+        weights applied as matrix products (same parameters and state dict; on a 2-core CPU forward + backward is
+        1.4-1.5x faster than Conv1d's in fp32 and bf16, ``benchmarks/point_encoder.py``)."""
+        conv1, norm, relu, conv2 = block
+        x = relu(norm(F.linear(x, conv1.weight.squeeze(-1), conv1.bias)))  # BatchNorm1d reads (N, C) as (N, C, 1)
+        return F.linear(x, conv2.weight.squeeze(-1), conv2.bias)
 
 
 class DropPath(nn.Module):
