@@ -127,8 +127,8 @@ def test_minipointnet_ignores_order_within_group():
     net = MiniPointNet(6, 16, (8, 16, 32))
     groups = torch.randn(2, 4, 8, 6)
     shuffled = groups[:, :, torch.randperm(8)]
-    net.eval()
-    assert torch.equal(net(groups), net(shuffled))
+    net.eval()  # per point the same products; a matmul kernel may round a row differently at another position
+    torch.testing.assert_close(net(groups), net(shuffled), atol=1e-6, rtol=1e-6)
     net.train()
     assert torch.allclose(net(groups), net(shuffled), atol=1e-5)  # batch statistics: a float sum in another order
 

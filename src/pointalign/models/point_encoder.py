@@ -92,9 +92,9 @@ def group_points(points: Tensor, num_groups: int, group_size: int, fps_start: st
 class MiniPointNet(nn.Module):
     """Shared PointNet over each group: (B, G, K, F) -> (B, G, E). Named as Point-BERT's ``Encoder``.
 
-    Invariant to the order of the K points inside a group: 1x1 convolutions act per point, BatchNorm pools its
-    statistics over all points, and both halves end in a max over K. So only the kNN *set* reaches the tokens
-    (``tests/models/test_point_encoder.py::test_minipointnet_ignores_order_within_group``)."""
+    Invariant to the order of the K points inside a group (to float rounding): the 1x1 convolutions act per point,
+    BatchNorm pools its statistics over all points, and both halves end in a max over K. So only the kNN *set*
+    reaches the tokens (``tests/test_points.py::test_minipointnet_ignores_order_within_group``)."""
 
     def __init__(self, point_dims: int, encoder_dims: int, widths: tuple[int, ...] = (128, 256, 512)) -> None:
         super().__init__()
