@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from benchmarks.point_encoder import conv1d_forward  # Point-BERT's Conv1d formulation
 
 from pointalign.config import PointEncoderConfig
 from pointalign.models.point_encoder import (
@@ -136,15 +137,6 @@ def test_loads_base_model_checkpoint_and_rejects_mismatch(tmp_path):
         load_point_bert_checkpoint(PointEncoder(CFG), tmp_path / "missing.pth")
 
 
-def _conv1d_reference(m: MiniPointNet, groups: torch.Tensor) -> torch.Tensor:
-    """Point-BERT's formulation: Conv1d over (BG, C, K)."""
-    b, g, k, f = groups.shape
-    x = m.first_conv(groups.reshape(b * g, k, f).transpose(1, 2))  # (BG, w1, K)
-    glob = x.max(dim=2, keepdim=True).values
-    x = m.second_conv(torch.cat([glob.expand(-1, -1, k), x], dim=1))  # (BG, E, K)
-    return x.max(dim=2).values.reshape(b, g, -1)
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_minipointnet_rows_equal_point_berts_conv1d(training):
     torch.manual_seed(0)
@@ -154,7 +146,7 @@ def test_minipointnet_rows_equal_point_berts_conv1d(training):
     ours.train(training), ref.train(training)
     groups = torch.randn(2, 5, 7, 6, requires_grad=True)
     ref_groups = groups.detach().clone().requires_grad_(True)
-    out, expected = ours(groups), _conv1d_reference(ref, ref_groups)  # (B, G, E)
+    out, expected = ours(groups), conv1d_forward(ref, ref_groups)  # (B, G, E)
     assert out.shape == (2, 5, 24)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.square().sum().backward(), expected.square().sum().backward()

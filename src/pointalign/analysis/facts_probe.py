@@ -53,9 +53,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pointalign.data.synth import FACTS_FILE
 from pointalign.errors import ConfigError, DataError
 
-FACTS_FILE = "synth_object_facts.json"
 FAMILIES: tuple[str, ...] = ("counts", "colour", "part_colours", "variants", "proportion", "has")
 COLOUR_FAMILIES: frozenset[str] = frozenset({"colour", "part_colours"})
 TARGET_FIELDS = ("family", "target", "fit_objects", "heldout_objects", "fit_values", "status")

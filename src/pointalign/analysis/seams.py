@@ -23,13 +23,13 @@ Train clouds lose their colours when the test clouds have none, as in ``pointali
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from pointalign.analysis.facts_probe import load_facts
 from pointalign.analysis.probe import knn_accuracy, labelled_clouds, point_states, prompt_forward
 from pointalign.data.readers import PointLLMFolder, read_annotations
 from pointalign.data.synth import FACTS_FILE, VAL_GT_FILE
@@ -170,10 +170,9 @@ def class_noun_by_colour(
 ) -> tuple[float, float] | None:
     """``class_noun_accuracy`` of the val objects with their colours and with the colours zeroed, or None when the
     dataset has no facts file naming their classes (among ``classes``) or their clouds have no colour."""
-    facts_path = root / "anno_data" / FACTS_FILE
-    if not facts_path.is_file():
+    if not (root / "anno_data" / FACTS_FILE).is_file():
         return None
-    facts = json.loads(facts_path.read_text())
+    facts = load_facts(root)
     ids = [o for o, f in facts.items() if f.get("split") == "val" and f.get("class") in classes]
     if not ids:
         return None
@@ -183,8 +182,10 @@ def class_noun_by_colour(
         return None
     labels = torch.tensor([classes.index(facts[o]["class"]) for o in ids])
     q = model.config.qformer.num_queries
+    xyz_only = clouds.clone()
+    xyz_only[..., 3:] = 0.0
     shares = []
-    for c in (clouds, torch.cat([clouds[..., :3], torch.zeros_like(clouds[..., 3:])], dim=-1)):
+    for c in (clouds, xyz_only):
         tokens = seam_features(model, c)["point tokens (all queries)"].view(len(ids), q, -1)  # (V, Q, D)
         shares.append(class_noun_accuracy(model, tokens, labels, classes))
     return shares[0], shares[1]
