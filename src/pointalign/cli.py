@@ -81,22 +81,28 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     from pointalign.checkpoint import load_model
     from pointalign.config import GenerationConfig
     from pointalign.eval.tasks import MAX_NEW_TOKENS, evaluate
+    from pointalign.training.precision import autocast, requested_precision
 
     model, cfg = load_model(args.checkpoint, for_inference=True)
     gen = GenerationConfig.greedy(MAX_NEW_TOKENS[args.task]) if args.greedy else None
     out = Path(args.out) if args.out else Path(args.checkpoint)
-    path = evaluate(
-        model,
-        args.task,
-        args.prompt_index,
-        Path(args.data_root),
-        out,
-        gen,
-        args.batch_size,
-        args.file_points,
-        args.limit,
-        progress=_progress(),
-    )
+    device = next(model.parameters()).device
+    precision = requested_precision(args.precision, device)
+    if args.precision == "auto":
+        print(f"eval: {precision.describe()}")
+    with autocast(precision.chosen, device.type):
+        path = evaluate(
+            model,
+            args.task,
+            args.prompt_index,
+            Path(args.data_root),
+            out,
+            gen,
+            args.batch_size,
+            args.file_points,
+            args.limit,
+            progress=_progress(),
+        )
     print(f"results: {path}")
     return 0
 
@@ -447,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--file-points", type=int, default=8192, help="points in the data files (default: %(default)s)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N objects")
+    ev.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="fp32, bf16 autocast, or auto: bf16 where this host measures it faster (default: %(default)s)",
+    )
     ev.set_defaults(func=evaluate_cmd)
 
     jd = sub.add_parser("judge", help="score a result file: offline rules or an OpenAI-compatible LLM judge")

@@ -158,7 +158,14 @@ def test_split_objects_train_holdout_is_seeded():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"heldout": "test"}, {"heldout_fraction": 1.0}, {"fit_per_class": 1}, {"min_fit": 1}, {"ridge": 0.0}],
+    [
+        {"heldout": "test"},
+        {"heldout_fraction": 1.0},
+        {"fit_per_class": 1},
+        {"min_fit": 1},
+        {"ridge": 0.0},
+        {"precision": "auto"},  # resolved by the caller, so that the cache key records what ran
+    ],
 )
 def test_settings_reject_bad_values(kwargs):
     with pytest.raises(ConfigError):

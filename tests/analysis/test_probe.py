@@ -13,6 +13,7 @@ from pointalign.analysis.probe import (
     probe,
 )
 from pointalign.checkpoint import save_checkpoint
+from pointalign.errors import ConfigError
 from tests.conftest import clouds
 
 
@@ -42,6 +43,21 @@ def test_point_states_shapes(tiny_model):
     assert pooled.shape == (n_layers + 1, 3, d)
     assert kept.shape == (2, 3, q, d) and queries.shape == (3, q, dq)
     assert torch.allclose(kept.mean(dim=2), pooled[[0, 2]], atol=1e-5)
+
+
+def test_point_states_in_bf16_are_float32_and_close_to_fp32(tiny_model):
+    pts = clouds(3, 256)
+    fp32 = point_states(tiny_model, pts, layers=(1,), batch_size=2)
+    bf16 = point_states(tiny_model, pts, layers=(1,), batch_size=2, precision="bf16")
+    for a, b in zip(fp32, bf16):
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        assert not torch.equal(a, b)  # the forward passes ran under bf16 autocast
+        assert torch.allclose(a, b, rtol=0.1, atol=0.1 * float(a.abs().max()))
+
+
+def test_probe_settings_reject_an_unknown_precision():
+    with pytest.raises(ConfigError, match="probe precision 'fp16': use 'fp32' or 'bf16'"):
+        ProbeSettings(precision="fp16")
 
 
 def test_decode_loss_tells_recoverable_from_unrelated_targets():

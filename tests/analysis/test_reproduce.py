@@ -284,6 +284,9 @@ def test_plan_fields_are_checked():
         dataclasses.replace(plan, eval_limit=0)
     with pytest.raises(ConfigError, match="Plan.max_new_tokens_cls"):
         dataclasses.replace(plan, max_new_tokens_cls=0)
+    assert plan.precision == "auto" and PLANS["tiny"].precision == "fp32"
+    with pytest.raises(ConfigError, match="Plan.precision: 'fp32', 'bf16' or 'auto', got 'fp16'"):
+        dataclasses.replace(plan, precision="fp16")
 
 
 def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
@@ -337,3 +340,13 @@ def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
         "caption_sbert"
     ]["ids"]
     assert len(json.loads(closed_file.read_text())["results"]) == 4
+    # another precision: every answer is generated anew under it, and the summary records it
+    assert fewer["settings"]["precision"] == "fp32"
+    calls = []
+    real_autocast = rm.autocast
+    monkeypatch.setattr(rm, "autocast", lambda chosen, device: calls.append(chosen) or real_autocast(chosen, device))
+    in_bf16 = rm.evaluate_model(
+        ckpt, tiny_data, 256, dataclasses.replace(longer, precision="bf16"), print_fn=lambda *_: None
+    )
+    assert in_bf16["settings"]["precision"] == "bf16" and calls == ["bf16", "bf16"]
+    assert len(json.loads(closed_file.read_text())["results"]) == 2  # the fp32 answers were dropped

@@ -100,3 +100,22 @@ def test_eval_judge_metrics_cli(tiny_ckpt, tiny_data, tmp_path, capsys):
     assert {"bleu1", "rougeL", "meteor", "sbert"} <= set(scores) and scores["sbert_model"] == "all-MiniLM-L6-v2"
     assert main(["metrics", str(result), "--sbert", "minilm", "--simcse", str(tmp_path / "nope")]) == 2
     assert "SimCSE model folder" in capsys.readouterr().err
+
+
+def test_eval_cli_precision_auto_logs_its_choice_and_runs_under_it(tiny_ckpt, tiny_data, tmp_path, capsys, monkeypatch):
+    from pointalign.training import precision
+
+    monkeypatch.setattr(precision, "_MEASURED", {})
+    monkeypatch.setattr(precision, "time_probe", lambda device: (20.0, 10.0))  # bf16 twice as fast here
+    seen = []
+    real = precision.autocast
+    monkeypatch.setattr(precision, "autocast", lambda chosen, device: seen.append(chosen) or real(chosen, device))
+    args = ["eval", "--checkpoint", str(tiny_ckpt), "--task", "cls-closed", "--prompt-index", "0", "--greedy"]
+    args += ["--data-root", str(tiny_data), "--file-points", "256", "--limit", "2", "--out", str(tmp_path)]
+    assert main([*args, "--precision", "auto"]) == 0
+    assert "eval: precision auto -> bf16: bf16 is 2.00x faster than fp32" in capsys.readouterr().out
+    assert seen == ["bf16"]
+    assert len(json.loads((tmp_path / "evaluation" / result_name("cls-closed", 0)).read_text())["results"]) == 2
+    with pytest.raises(SystemExit):
+        main([*args, "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -66,3 +66,23 @@ def test_stage0_qformer_needs_a_trainable_qformer(tiny_data, tmp_path, capsys):
     assert main([*args, "contrastive.qformer=true", "trainable.bridge=frozen"]) == 2
     assert "contrastive.qformer=true trains the Q-Former, but trainable.bridge is frozen" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stage0_final_report_reuses_the_last_steps_zero_shot(tiny_data, tmp_path, monkeypatch):
+    from pointalign.training import contrastive
+
+    calls = []  # the training flag of each forward pass of the stage-0 module: eval passes run the test split
+    real = contrastive.ContrastiveModule.forward
+    monkeypatch.setattr(contrastive.ContrastiveModule, "forward", lambda m, x: calls.append(m.training) or real(m, x))
+    args = ["train", str(CONFIGS / "stage0.yaml"), f"data.root={tiny_data}"]
+    assert main([*args, "--out", str(tmp_path / "final"), "contrastive.zero_shot_every=0"]) == 0
+    once = calls.count(False)  # the final report alone runs the test split once
+    assert once > 0
+    calls.clear()
+    assert main([*args, "--out", str(tmp_path / "every2"), "contrastive.zero_shot_every=2"]) == 0
+    assert calls.count(False) == 2 * once  # steps 2 and 4; the final report reuses step 4's result
+    zs = json.loads((tmp_path / "every2" / "logs" / "stage0" / "zero_shot.json").read_text())
+    lines = (tmp_path / "every2" / "logs" / "stage0" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert zs["step"] == last["step"] == 4
+    assert zs["zero_shot_accuracy"] == last["zero_shot_accuracy"]

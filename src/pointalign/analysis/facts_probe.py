@@ -72,6 +72,7 @@ class FactsProbeSettings:
     ridge: float = 0.1  # L2 penalty, in units of the mean squared norm of a standardised feature vector
     seed: int = 0  # the choice of held-out objects with heldout="train"
     file_points: int = 8192  # points in the data files
+    precision: str = "fp32"  # the model's forward passes: "fp32" or "bf16" (autocast); the ridge fits run in fp32
 
     def __post_init__(self) -> None:
         if self.heldout not in ("val", "train"):
@@ -84,6 +85,8 @@ class FactsProbeSettings:
             raise ConfigError(f"facts probe min_fit {self.min_fit}: a target needs at least 2 fit objects")
         if self.ridge <= 0:
             raise ConfigError(f"facts probe ridge {self.ridge}: must be positive")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"facts probe precision {self.precision!r}: use 'fp32' or 'bf16'")
 
 
 @dataclass(frozen=True)
@@ -358,7 +361,7 @@ def facts_probe_checkpoint(
         words += f"; {len(colourless)} objects without colour are left out of the colour facts"
     model, cfg = load_model(ckpt, for_inference=True)
     clouds = torch.stack([reduce_points(c, cfg.encoder.num_points) for c in raw])  # (N, points, 6)
-    features = layer_features(model, clouds)  # (L + 1, N, D)
+    features = layer_features(model, clouds, precision=settings.precision)  # (L + 1, N, D)
     pairs, correct, majority = score_targets(features, ids, targets, settings.ridge)
     table = [(t, "kept") for t in targets] + [(t, f"skipped: {why}") for t, why in skipped]
     table.sort(key=lambda row: (FAMILIES.index(row[0].family), row[0].name))

@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from pointalign.data.readers import PointLLMFolder
-from pointalign.errors import DataError
+from pointalign.errors import ConfigError, DataError
 from pointalign.eval.tasks import load_items, spread
 from pointalign.losses import alignment_loss
 from pointalign.models.llm import decoder_layers, decoder_stack
 from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel, position_ids
 from pointalign.models.projector import AlignmentProjector
+from pointalign.training.precision import autocast
 
 PROBE_PROMPT = "What is this?"
 
@@ -66,6 +67,11 @@ class ProbeSettings:
     file_points: int = 8192  # points in the data files
     decode_layers: tuple[int, ...] = ()  # layers (-1 = the last) whose point tokens get a fitted alignment projector
     decode_steps: int = 300
+    precision: str = "fp32"  # the models' forward passes: "fp32" or "bf16" (autocast); the fits run in fp32
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"probe precision {self.precision!r}: use 'fp32' or 'bf16'")
 
 
 @dataclass
@@ -95,16 +101,21 @@ def prompt_forward(model: PointAlignModel, clouds: torch.Tensor, question: str =
 
 @torch.no_grad()
 def point_states(
-    model: PointAlignModel, clouds: torch.Tensor, layers: tuple[int, ...] = (), batch_size: int = 16
+    model: PointAlignModel,
+    clouds: torch.Tensor,
+    layers: tuple[int, ...] = (),
+    batch_size: int = 16,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-layer mean point token (L+1, N, D); the point tokens at ``layers`` (len(layers), N, Q, D); and the
-    Q-Former outputs (N, Q, Dq)."""
+    Q-Former outputs (N, Q, Dq); the forward passes in ``precision`` ("fp32", or "bf16" autocast), the results fp32."""
     model.eval()
     device = next(model.parameters()).device
     pooled, kept, queries = [], [], []
     for i in range(0, len(clouds), batch_size):
         chunk = clouds[i : i + batch_size]
-        batch, feats, out = prompt_forward(model, chunk, output_hidden_states=True)
+        with autocast(precision, device.type):
+            batch, feats, out = prompt_forward(model, chunk, output_hidden_states=True)
         hidden = out.hidden_states  # L+1 tensors (B, T, D)
         rows = torch.arange(len(chunk), device=device)[:, None]
         tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
@@ -115,9 +126,11 @@ def point_states(
     return torch.cat(pooled, dim=1), torch.cat(kept, dim=1) if layers else torch.empty(0), torch.cat(queries)
 
 
-def layer_features(model: PointAlignModel, clouds: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def layer_features(
+    model: PointAlignModel, clouds: torch.Tensor, batch_size: int = 16, precision: str = "fp32"
+) -> torch.Tensor:
     """(L+1, N, D): per layer, the mean hidden state of each object's point tokens."""
-    return point_states(model, clouds, (), batch_size)[0]
+    return point_states(model, clouds, (), batch_size, precision)[0]
 
 
 def knn_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor, k: int) -> float:
@@ -195,8 +208,8 @@ def probe_checkpoint(ckpt: Path, root: Path, settings: ProbeSettings = ProbeSett
     )
     n_states = len(decoder_layers(model.llm)) + 1
     layers = tuple(sorted({layer % n_states for layer in settings.decode_layers}))
-    f_train, h_train, q_train = point_states(model, train_clouds, layers)
-    f_test, h_test, q_test = point_states(model, test_clouds, layers)
+    f_train, h_train, q_train = point_states(model, train_clouds, layers, precision=settings.precision)
+    f_test, h_test, q_test = point_states(model, test_clouds, layers, precision=settings.precision)
     accs = {k: [knn_accuracy(f_train[i], train_y, f_test[i], test_y, k) for i in range(n_states)] for k in settings.ks}
     decode = {
         layer: decode_loss(h_train[j], q_train, h_test[j], q_test, settings.decode_steps)

@@ -29,6 +29,7 @@ from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_c
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError, DataError
 from pointalign.eval.metrics import DEFAULT_SBERT, sbert_label
+from pointalign.training.precision import PrecisionChoice, autocast, requested_precision
 
 EVAL_RUNS: tuple[tuple[str, int], ...] = (
     ("cls-closed", 0),
@@ -70,6 +71,9 @@ class Plan:
     max_new_tokens_caption: int = 24  # generation limit of captioning
     eval_batch_size: int = 8
     sbert: str = DEFAULT_SBERT  # Sentence-BERT model of the caption metrics: "mpnet", "minilm" or a folder
+    # What generation and the probes run in: "fp32", "bf16" (autocast) or "auto" (bf16 where this host measures it
+    # faster, as the training stages' `precision: auto`; fp32 elsewhere).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from pointalign.eval.tasks import TASK_PROMPTS
@@ -84,6 +88,8 @@ class Plan:
             raise ConfigError(f"Plan.eval_runs: {self.eval_runs} lists a run twice")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"Plan.eval_limit: {self.eval_limit} objects; at least 1, or None for all")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"Plan.precision: 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         for name in ("max_new_tokens_cls", "max_new_tokens_caption", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Plan.{name}: must be at least 1, got {getattr(self, name)}")
@@ -125,6 +131,9 @@ PLANS = {
         max_new_tokens_cls=12,  # "This is a tall grey flight of stairs." is 9 tokens
         max_new_tokens_caption=32,
         eval_batch_size=32,  # 1.4-1.9x the objects/s of batch 8 on a 2-core CPU (benchmarks/eval_throughput.py)
+        # As its training stages: on a host where bf16 is faster, the models trained under bf16 autocast are
+        # evaluated under it (README, "Measured (cpu-small)": the same model's answers in fp32 and bf16).
+        precision="auto",
     ),
 }
 
@@ -169,12 +178,22 @@ def train_stage1(preset: str, out: Path, common: list[str], print_fn) -> None:
         _train(preset, stage, out, common, print_fn)
 
 
+def eval_precision(plan: Plan) -> PrecisionChoice:
+    """What the plan's generation and probes run in (the checkpoints load on the CPU; ``auto`` is measured once per
+    process)."""
+    import torch
+
+    return requested_precision(plan.precision, torch.device("cpu"))
+
+
 def _run_task(model, task: str, prompt: int, root: Path, ckpt: Path, plan: Plan, file_points: int) -> Path:
-    """One task with the plan's settings (greedy, its object limit); results under ``ckpt/evaluation``."""
+    """One task with the plan's settings (greedy, its object limit, its precision); results under
+    ``ckpt/evaluation``."""
     from pointalign.eval.tasks import evaluate
 
     generation = GenerationConfig.greedy(plan.max_new_tokens(task))
-    return evaluate(model, task, prompt, root, ckpt, generation, plan.eval_batch_size, file_points, plan.eval_limit)
+    with autocast(eval_precision(plan).chosen, "cpu"):
+        return evaluate(model, task, prompt, root, ckpt, generation, plan.eval_batch_size, file_points, plan.eval_limit)
 
 
 def run_key(task: str, prompt: int) -> str:
@@ -195,6 +214,7 @@ def eval_settings(plan: Plan, root: Path, file_points: int) -> dict:
         "limit": plan.eval_limit,
         "runs": [list(r) for r in plan.eval_runs],
         "max_new_tokens": {"cls": plan.max_new_tokens_cls, "caption": plan.max_new_tokens_caption},
+        "precision": eval_precision(plan).chosen,
         "caption_metrics": {"stack": CAPTION_STACK, "sbert": sbert_label(plan.sbert)},
     }
 
@@ -210,15 +230,17 @@ def _judged_rows(evaluated: Path, ids: list[str]) -> tuple[dict, list[dict]]:
 
 
 def _drop_stale_results(ckpt: Path, old: dict | None, plan: Plan) -> None:
-    """Remove generated answers made with another ``max_new_tokens`` than the plan's, so they are generated anew."""
+    """Remove generated answers made with another ``max_new_tokens`` or precision than the plan's, so they are
+    generated anew (a summary without a precision was made in fp32)."""
     from pointalign.eval.tasks import result_name
 
     if not old or "settings" not in old:
         return  # no record of the generation limit: the answers are kept
     before = old["settings"]["max_new_tokens"]
+    other_precision = old["settings"].get("precision", "fp32") != eval_precision(plan).chosen
     for task, prompt in plan.eval_runs:
         kind = "caption" if task == "caption" else "cls"
-        if before[kind] != plan.max_new_tokens(task):
+        if other_precision or before[kind] != plan.max_new_tokens(task):
             path = ckpt / "evaluation" / result_name(task, prompt)
             for stale in (path, path.with_name(f"{path.stem}_evaluated_offline.json")):
                 stale.unlink(missing_ok=True)
@@ -233,7 +255,7 @@ def evaluate_model(ckpt: Path, root: Path, file_points: int, plan: Plan, print_f
     order for every checkpoint, and their ``scale``); ``judge`` (run key -> the judge's own aggregates over those
     objects: ``accuracy``, ``clean_accuracy``, ``invalid``, ...). Classification values are correct = 1, wrong or
     invalid = 0 (``pointalign.eval.judge.object_scores``). A summary from an older run (aggregates only) or other
-    settings is recomputed; generated answers are reused unless their ``max_new_tokens`` changed.
+    settings is recomputed; generated answers are reused unless their ``max_new_tokens`` or precision changed.
     """
     from pointalign.eval.judge import account, object_scores, run_judge
     from pointalign.eval.metrics import caption_scores
@@ -355,6 +377,8 @@ def reproduce(
         legacy = _train(
             preset, "stage2", out, [*common, "seed=42", "loss.span=legacy", "run_name=stage2-legacy-seed0"], print_fn
         )
+    precision = eval_precision(plan)
+    print_fn(f"evaluation and probes: {precision.chosen} ({precision.reason})")
     summaries = {k: [evaluate_model(p, root, file_points, plan, print_fn) for p in v] for k, v in runs.items()}
     legacy_summary = evaluate_model(legacy, root, file_points, plan, print_fn) if legacy is not None else None
     align_layer = _align_layer(runs["pointalign"][0])
@@ -370,6 +394,7 @@ def reproduce(
             test_limit=plan.probe_test_limit,
             file_points=file_points,
             decode_layers=(0, align_layer, -1),  # input embeddings, the alignment layer, the last layer
+            precision=precision.chosen,
         )
         results = {ckpt: cached_probe(ckpt, root, settings) for ckpt in probed}
         for name in runs:  # the probe of every seed's models, for the mean and spread over seeds
@@ -379,7 +404,9 @@ def reproduce(
             legacy_summary["scores"].update(probe_scores(results[legacy], align_layer))
         probe_table = {name: probe_summary(results[ckpt].accuracy, align_layer) for name, ckpt in seed0.items()}
         curves.append((probe, settings, results))
-    facts_settings = FactsProbeSettings(fit_per_class=plan.facts_fit_per_class, file_points=file_points)
+    facts_settings = FactsProbeSettings(
+        fit_per_class=plan.facts_fit_per_class, file_points=file_points, precision=precision.chosen
+    )
     facts = {ckpt: cached_facts_probe(ckpt, root, facts_settings) for ckpt in probed}
     for name in runs:
         for ckpt, summary in zip(runs[name], summaries[name]):
@@ -660,6 +687,7 @@ def build_report(preset: str, seeds: int, summaries: dict, legacy: dict | None, 
         "eval_runs": [list(r) for r in plan.eval_runs],
         "legacy_span_trained": legacy is not None,
         "max_new_tokens": {"cls": plan.max_new_tokens_cls, "caption": plan.max_new_tokens_caption},
+        "precision": eval_precision(plan).chosen,
         "statistics": {"level": LEVEL, "n_boot": N_BOOT, "seed": 0},
         "rows": rows,
         "judge": _judge_rows(summaries, legacy),
@@ -714,7 +742,7 @@ def write_report(out: Path, report: dict) -> None:
     lines += [
         f"Seeds {seeds} (stage 2 trained once per seed from the same stage-1 model, on the same data); greedy "
         f"decoding (at most {report['max_new_tokens']['cls']} new tokens for classification, "
-        f"{report['max_new_tokens']['caption']} for captions); offline judge; "
+        f"{report['max_new_tokens']['caption']} for captions) in {report.get('precision', 'fp32')}; offline judge; "
         + ("every object of each split" if limit is None else f"{limit} objects per task spread over each split")
         + f"; runs {', '.join(f'{t} p{p}' for t, p in report['eval_runs'])}. Alignment layer {report['align_layer']}.",
     ]

@@ -143,14 +143,19 @@ def setup_contrastive(
     emb = embed_texts(captions, cfg.contrastive.text_encoder)
     if emb.shape[1] != cfg.contrastive.embed_dim:
         raise ValueError(f"contrastive.embed_dim={cfg.contrastive.embed_dim} but the text encoder gives {emb.shape[1]}")
-    run.aux.update(text_bank=dict(zip(captions, emb)), module=module, zero_shot=None)  # caption -> (D,)
+    # text_bank: caption -> (D,); zero_shot: the test clouds and prompts, loaded once; zero_shot_at: (step, accuracies)
+    run.aux.update(text_bank=dict(zip(captions, emb)), module=module, zero_shot=None, zero_shot_at=None)
     return run
 
 
 @torch.no_grad()
-def zero_shot_accuracy(run: StageRun) -> dict[str, float]:
+def zero_shot_accuracy(run: StageRun, step: int) -> dict[str, float]:
     """Top-1 zero-shot accuracy (%) on the test split: ``zero_shot_accuracy`` from the encoder's embedding and,
-    when the Q-Former trains, ``qformer_zero_shot_accuracy`` from its best query."""
+    when the Q-Former trains, ``qformer_zero_shot_accuracy`` from its best query. ``step`` counts the optimizer steps
+    the model has taken; a second call at the same step (the final report after a step that measured it) returns the
+    first result instead of running the test split again."""
+    if run.aux["zero_shot_at"] is not None and run.aux["zero_shot_at"][0] == step:
+        return dict(run.aux["zero_shot_at"][1])
     if run.aux["zero_shot"] is None:
         root = Path(run.cfg.data.root).expanduser()
         clouds, labels, names = load_test_split(root, run.model_cfg.encoder.num_points, run.cfg.data.file_points)
@@ -168,7 +173,9 @@ def zero_shot_accuracy(run: StageRun) -> dict[str, float]:
         if queries is not None:
             preds["qformer_zero_shot_accuracy"].append(similarity(queries.float().cpu(), prompts).argmax(dim=1))
     module.train(was_training)
-    return {k: float((torch.cat(v) == labels).float().mean() * 100) for k, v in preds.items() if v}
+    accs = {k: float((torch.cat(v) == labels).float().mean() * 100) for k, v in preds.items() if v}
+    run.aux["zero_shot_at"] = (step, accs)
+    return dict(accs)
 
 
 def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
@@ -198,14 +205,14 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     }
     every = run.cfg.contrastive.zero_shot_every
     if run.dist.main and every and (run.step + 1) % every == 0:
-        metrics.update(zero_shot_accuracy(run))
+        metrics.update(zero_shot_accuracy(run, run.step + 1))  # run.step counts the steps before this one
     return metrics
 
 
 def final_report(run: StageRun, print_fn: Callable[[str], Any]) -> None:
     if not run.dist.main:
         return
-    accs = zero_shot_accuracy(run)
+    accs = zero_shot_accuracy(run, run.step)
     folder = run.out / "logs" / run.cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "zero_shot.json").write_text(json.dumps({**accs, "step": run.step}) + "\n")

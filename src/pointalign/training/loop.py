@@ -33,6 +33,7 @@ from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, 
 from pointalign.training.feature_cache import FeatureCache, encoder_side_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
 from pointalign.training.precision import PrecisionChoice, resolve_precision
+from pointalign.training.precision import autocast as precision_autocast
 from pointalign.training.stages import apply_trainable
 
 TRAINER_STATE = "trainer_state.json"
@@ -230,9 +231,7 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoic
 
 def autocast(run: StageRun) -> contextlib.AbstractContextManager:
     """The forward pass's autocast context for the run's ``precision`` (a no-op for fp32)."""
-    if run.precision.chosen == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
+    return precision_autocast(run.precision.chosen, run.dist.device.type)
 
 
 XYZ_ONLY = "#xyz"  # suffix of a cloud key whose colours are zeroed (and of its feature-cache entry)

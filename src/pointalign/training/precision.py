@@ -12,6 +12,7 @@ measure once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -143,20 +144,35 @@ def auto_precision(device: torch.device) -> PrecisionChoice:
     return _MEASURED[key]
 
 
-def resolve_precision(requested: str, dist: DistInfo, resumed: str | None = None) -> PrecisionChoice:
-    """What a stage runs in: ``fp32``/``bf16`` as configured; for ``auto``, the precision of the run being resumed
-    (``resumed``) or else this device's measured choice, rank 0's under DDP so that every rank agrees."""
+def requested_precision(requested: str, device: torch.device) -> PrecisionChoice:
+    """``fp32``/``bf16`` as asked, or for ``auto`` this device's measured choice (one process; evaluation and the
+    probes use it directly, a training stage through ``resolve_precision``)."""
     if requested in ("fp32", "bf16"):
         return PrecisionChoice("bf16" if requested == "bf16" else "fp32", None, None, "set by the config")
     if requested != "auto":
         raise ValueError(f"precision: 'fp32', 'bf16' or 'auto', got {requested!r}")
-    if resumed is not None:
+    return auto_precision(device)
+
+
+def autocast(chosen: Resolved, device_type: str) -> contextlib.AbstractContextManager:
+    """The forward pass's context for ``chosen``: bf16 autocast, or nothing for fp32."""
+    import torch
+
+    if chosen == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def resolve_precision(requested: str, dist: DistInfo, resumed: str | None = None) -> PrecisionChoice:
+    """What a stage runs in: ``fp32``/``bf16`` as configured; for ``auto``, the precision of the run being resumed
+    (``resumed``) or else this device's measured choice, rank 0's under DDP so that every rank agrees."""
+    if requested == "auto" and resumed is not None:
         if resumed not in ("fp32", "bf16"):
             raise ValueError(f"trainer state: precision {resumed!r} is not 'fp32' or 'bf16'")
         kept: Resolved = "bf16" if resumed == "bf16" else "fp32"
         return PrecisionChoice(kept, None, None, "kept from the run being resumed")
-    choice = auto_precision(dist.device)
-    if dist.world > 1:
+    choice = requested_precision(requested, dist.device)
+    if requested == "auto" and dist.world > 1:
         import torch
         import torch.distributed
 
