@@ -279,6 +279,15 @@ def bad_files(tmp_path):
             r"do not fit the model.*MiniGPT_3D_stage_3\.pth: llama_proj\.weight \(128, 64\) vs \(32, 64\)",
         ),
         ("stage 4 alone", r"no file supplies the point->Q-Former MLP"),
+        (
+            "TinyGPT-V without --fresh bridge",
+            r"no file supplies the point->Q-Former MLP \(point_2_Qformer_proj\.0\.weight\)",
+        ),
+        (
+            "--fresh bridge with a stage-3 file",
+            r"--fresh bridge: MiniGPT_3D_stage_3\.pth supplies the point->Q-Former MLP "
+            r"\(point_2_Qformer_proj\.0\.\w+\); drop --fresh bridge to use it",
+        ),
         ("out exists", "exists; an import writes a new folder"),
     ],
 )
@@ -298,6 +307,8 @@ def test_bad_files_are_one_clear_line_and_nothing_is_written(tmp_path, capsys, c
         "no stage-3 file": cli_args(["finetune.pth"], out),
         "a size that does not fit": cli_args(["MiniGPT_3D_stage_3.pth"], out, sets=["projector.hidden=32"]),
         "stage 4 alone": cli_args(["MiniGPT_3D_stage_4.pth"], out),
+        "TinyGPT-V without --fresh bridge": cli_args([TINYGPTV], out),
+        "--fresh bridge with a stage-3 file": [*cli_args(["MiniGPT_3D_stage_3.pth"], out), "--fresh", "bridge"],
         "out exists": cli_args(["MiniGPT_3D_stage_3.pth"], out),
     }[case]
     if case == "out exists":
@@ -312,10 +323,57 @@ def test_bad_files_are_one_clear_line_and_nothing_is_written(tmp_path, capsys, c
     )
 
 
+TINYGPTV = "TinyGPT-V_for_Stage3.pth"
+
+
+def test_the_stage_1_start_imports_tinygptv_with_a_fresh_bridge_and_trains(tiny_data, tmp_path, capsys):
+    """MiniGPT-3D's stage 1 starts from Phi-2, Point-BERT, BLIP-2 and TinyGPT-V's checkpoint, with a random MLP."""
+    first, again = tmp_path / "start", tmp_path / "again"
+    assert main([*cli_args([TINYGPTV], first), "--fresh", "bridge"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_part = {line[:22].strip(): line[22:] for line in lines}
+    assert by_part["point->Q-Former MLP"] == "no file (--fresh bridge): random init, torch seed 0"
+    assert by_part["projector"] == f"{TINYGPTV} (4 tensors)" and by_part["LLM LoRA"] == f"{TINYGPTV} (8 tensors)"
+    assert by_part["query tokens"] == "blip2_pretrained_flant5xxl.pth (1 tensor)"
+    assert "Q-Former LoRA" in by_part and "fresh adapters" in by_part["Q-Former LoRA"]
+    torch.manual_seed(123)  # the caller's RNG state does not change the fresh init
+    assert main([*cli_args([TINYGPTV], again), "--fresh", "bridge"]) == 0
+    capsys.readouterr()
+    a, b = load_file(first / WEIGHTS), load_file(again / WEIGHTS)
+    assert any(k.startswith("bridge.") for k in a) and all(torch.equal(a[k], b[k]) for k in a)
+    model, cfg = load_model(first)
+    tinygptv = torch.load(FIXTURE / TINYGPTV, weights_only=True)["model"]
+    blip2 = torch.load(FIXTURE / "blip2_pretrained_flant5xxl.pth", weights_only=True)["model"]
+    assert torch.equal(model.projector.fc1.weight, tinygptv["llama_proj.weight"].float())
+    assert torch.equal(model.qformer.query_tokens, blip2["query_tokens"].float())
+    assert cfg.prompt.style == "minigpt3d" and not cfg.align.enabled
+    # the paper's stage 1a (the MLP only) runs from it, here with the tiny preset's data and schedule
+    stage = Path(__file__).parents[1] / "src" / "pointalign" / "configs" / "tiny" / "stage1a.yaml"
+    args = ["train", str(stage), f"init_from={first}", f"data.root={tiny_data}", "optim.steps=2", "checkpoint_every=2"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    trained = load_file(tmp_path / "run" / "stage1a" / WEIGHTS)
+    assert any(k.startswith("bridge.") and not torch.equal(v, a[k]) for k, v in trained.items())
+
+
+def test_a_bf16_import_keeps_the_files_lora_and_norms_in_fp32(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert main(cli_args(["MiniGPT_3D_stage_3.pth"], out, sets=["llm.dtype=bfloat16"])) == 0
+    capsys.readouterr()
+    saved = load_file(out / WEIGHTS)
+    stage3 = torch.load(FIXTURE / "MiniGPT_3D_stage_3.pth", weights_only=True)["model"]
+    norm = "llm.base_model.model.model.layers.0.post_layernorm.weight"
+    assert saved[norm].dtype == torch.float32
+    assert torch.equal(saved[norm], stage3["llama_model." + norm.removeprefix("llm.")].float())
+    lora = [k for k in saved if k.startswith("llm.") and ".lora_" in k]
+    assert lora and all(saved[k].dtype == torch.float32 for k in lora)
+    assert load_model(out)[1].llm.dtype == "bfloat16"
+
+
 def test_fixture_files_are_the_reference_files():
     sums = json.loads((FIXTURE / "reference_outputs.json").read_text())["file_sha256"]
     files = [p for p in FIXTURE.rglob("*") if p.is_file() and p.name not in ("README.md", "reference_outputs.json")]
-    assert len(files) == 15
+    assert len(files) == 16
     for path in files:
         name = str(path.relative_to(FIXTURE))
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[name], name

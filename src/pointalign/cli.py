@@ -253,7 +253,13 @@ def import_minigpt3d_cmd(args: argparse.Namespace) -> int:
     from pointalign.importer import import_minigpt3d
 
     result = import_minigpt3d(
-        args.llm, args.point_encoder, args.qformer, args.checkpoint, args.out, overrides=args.overrides
+        args.llm,
+        args.point_encoder,
+        args.qformer,
+        args.checkpoint,
+        args.out,
+        overrides=args.overrides,
+        fresh=args.fresh,
     )
     for line in result.report:
         print(line)
@@ -392,6 +398,14 @@ def _add_import_commands(sub) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a model config field the weights do not fix, e.g. --set encoder.num_groups=512 --set llm.dtype=float32",
+    )
+    mg.add_argument(
+        "--fresh",
+        action="append",
+        default=[],
+        choices=["bridge"],
+        help="a part no file supplies that starts from a seeded random init, for a stage to train: --fresh bridge "
+        "with TinyGPT-V_for_Stage3.pth as the only --checkpoint gives the model MiniGPT-3D's stage 1 starts from",
     )
     mg.add_argument("--out", required=True, help="the checkpoint folder to write (must not exist)")
     mg.set_defaults(func=import_minigpt3d_cmd)

@@ -13,8 +13,10 @@ Every file is read with ``torch.load(weights_only=True)``. The files apply in th
 tensor the last one wins, as the reference's ``load_state_dict(strict=False)`` calls do. Every size the weights fix is
 read from their shapes; the rest (group count and size, head counts, the alignment layer, dtype) comes from the
 ``paper`` preset or ``--set``. Every tensor of the model must come from some file, except the q/k LayerNorm biases of
-TinyGPT-V's Phi (zeros in the reference too) and LoRA adapters that no file holds (fresh, so the identity). Any
-missing part, misfit shape or foreign key is an error naming the keys, raised before anything is written.
+TinyGPT-V's Phi (zeros in the reference too), LoRA adapters that no file holds (fresh, so the identity), and the
+parts named by ``fresh``: the start of MiniGPT-3D's stage 1 (Phi-2, Point-BERT, BLIP-2 and TinyGPT-V's stage-3
+checkpoint) has no point->Q-Former MLP, which that stage trains from a random init (seeded here). Any other missing
+part, misfit shape or foreign key is an error naming the keys, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from pointalign.config import ModelConfig, apply_overrides, preset
@@ -59,6 +62,8 @@ _POINT_BERT = re.compile(r"(cls_token|cls_pos|(encoder|reduce_dim|pos_embed|bloc
 _QK_BIAS = re.compile(r"model\.layers\.\d+\.self_attn\.[qk]_layernorm\.bias")
 _FROM_FILES = re.compile(r"model\.layers\.\d+\.(self_attn\.[qk]_layernorm\.weight|post_layernorm\.weight)")
 QFORMER_LORA_ALPHA_PER_RANK = 2  # the reference injects the Q-Former's LoRA with alpha = 2 r, whatever its config
+FRESH_PARTS = {"bridge": "point->Q-Former MLP"}  # parts an import may leave to a seeded random init (``fresh``)
+FRESH_SEED = 0  # the torch seed of those inits
 
 
 @dataclass
@@ -84,8 +89,12 @@ def import_minigpt3d(
     checkpoints: Sequence[str | Path],
     out: str | Path,
     overrides: Sequence[str] = (),
+    fresh: Sequence[str] = (),
 ) -> ImportResult:
     """Read the released files, build the model they describe and write it as a checkpoint folder at ``out``.
+
+    ``fresh`` names parts (``FRESH_PARTS``) that no file supplies and that start from a seeded random init, for a
+    stage to train: ``("bridge",)`` with TinyGPT-V's checkpoint gives the model MiniGPT-3D's stage 1 starts from.
 
     Raises:
         FileNotFoundError: a file or the Phi-2 folder is missing.
@@ -104,6 +113,11 @@ def import_minigpt3d(
         raise FileNotFoundError(f"--llm {llm}: no config.json there (expected a Phi-2 folder)")
     if not checkpoints:
         raise ConfigError("--checkpoint: give at least one MiniGPT-3D / PointAlign checkpoint")
+    unknown = [p for p in fresh if p not in FRESH_PARTS]
+    if unknown:
+        raise ConfigError(
+            f"--fresh {unknown[0]}: not a part an import can start fresh (known: {', '.join(FRESH_PARTS)})"
+        )
     parts: dict[str, Supplied] = {}  # our tensor name -> its last supplier
     llm_parts: dict[str, Supplied] = {}  # the LLM's own names (``llm_state``) -> its last supplier
     parts.update(_point_bert_tensors(Path(point_encoder)))
@@ -114,15 +128,27 @@ def import_minigpt3d(
         parts.update(found)
         llm_parts.update(found_llm)
         settings |= _runner_settings(path, runner_config, found, found_llm)
-    sizes = {**infer_sizes(parts, llm_parts), **settings}
+    for part in fresh:
+        supplied = next((sup for name, sup in parts.items() if name.startswith(f"{part}.")), None)
+        if supplied is not None:
+            raise CheckpointError(
+                f"--fresh {part}: {supplied.file} supplies the {FRESH_PARTS[part]} ({supplied.key}); "
+                f"drop --fresh {part} to use it"
+            )
+    sizes = {**infer_sizes(parts, llm_parts, fresh), **settings}
     # PointAlign's files (an alignment projector) were trained on its untemplated strings, MiniGPT-3D's on templated
     style = "pointalign" if "align_projector.net.0.weight" in parts else "minigpt3d"
     cfg = _config(folder, sizes, style, overrides)
-    model = build_model(cfg)  # the one copy of Phi-2, read tensor by tensor
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FRESH_SEED)  # the fresh parts' init (and the fresh LoRA's A) do not depend on the caller
+        model = build_model(cfg)  # the one copy of Phi-2, read tensor by tensor
     own = model.state_dict()
-    state, final = _match(parts, own, cfg)
+    state, final = _match(parts, own, cfg, fresh)
     core = model.llm.get_base_model() if callable(getattr(model.llm, "get_base_model", None)) else model.llm
     _check_llm(llm_parts, core)
+    for name, param in core.named_parameters():  # the files' LoRA and norm weights keep fp32 whatever llm.dtype is
+        if (name in llm_parts or ".lora_" in name) and param.is_floating_point():
+            param.data = param.data.float()
     model.load_state_dict(state, strict=False)  # copies (fp16 stage-file tensors become the model's dtype)
     try:
         apply_llm_state(model.llm, {k: s.tensor for k, s in llm_parts.items()}, cfg.llm.lora_alpha)
@@ -130,7 +156,7 @@ def import_minigpt3d(
         raise CheckpointError(f"the LLM tensors of the checkpoints: {exc}") from None
     llm_prefix = "llm.base_model.model." if core is not model.llm else "llm."
     kept = {llm_prefix + k for k in llm_parts if ".lora_" not in k}
-    report = _report(final, llm_parts, folder, cfg)
+    report = _report(final, llm_parts, folder, cfg, fresh)
     meta = {"imported": {"kind": "minigpt3d", "report": report}}
     save_checkpoint(model, out, cfg, what="full", llm_keep=kept, extra=meta)
     return ImportResult(out=out, config=cfg, report=report)
@@ -208,8 +234,11 @@ def _rename(
 # Sizes from shapes
 
 
-def infer_sizes(parts: Mapping[str, Supplied], llm: Mapping[str, Supplied]) -> dict[str, object]:
-    """Every config size the tensors fix, as dotted ``ModelConfig`` keys.
+def infer_sizes(
+    parts: Mapping[str, Supplied], llm: Mapping[str, Supplied], fresh: Sequence[str] = ()
+) -> dict[str, object]:
+    """Every config size the tensors fix, as dotted ``ModelConfig`` keys (a ``fresh`` part's sizes come from the
+    preset or ``--set``, and what it connects to).
 
     Raises:
         CheckpointError: a tensor a size is read from is in no file (naming the part and the key).
@@ -238,8 +267,9 @@ def infer_sizes(parts: Mapping[str, Supplied], llm: Mapping[str, Supplied]) -> d
         ],
         "encoder.mlp_ratio": shape(enc + "blocks.blocks.0.mlp.fc1.weight", "point encoder")[0] / trans_dim,
     }
-    linears = indices(r"bridge\.net\.(\d+)\.weight") or [shape("bridge.net.0.weight", "point->Q-Former MLP")]
-    sizes["bridge.hidden"] = [shape(f"bridge.net.{i}.weight", "MLP")[0] for i in linears[:-1]]
+    if "bridge" not in fresh:
+        linears = indices(r"bridge\.net\.(\d+)\.weight") or [shape("bridge.net.0.weight", "point->Q-Former MLP")]
+        sizes["bridge.hidden"] = [shape(f"bridge.net.{i}.weight", "MLP")[0] for i in linears[:-1]]
     num_queries, hidden = shape("qformer.query_tokens", "query tokens")[1:]
     layers = indices(r"qformer\.encoder\.layer\.(\d+)\..*")
     cross = indices(r"qformer\.encoder\.layer\.(\d+)\.crossattention\..*")
@@ -321,7 +351,7 @@ def _config(folder: Path, sizes: Mapping[str, object], style: str, overrides: Se
 
 
 def _match(
-    parts: Mapping[str, Supplied], own: Mapping[str, Tensor], cfg: ModelConfig
+    parts: Mapping[str, Supplied], own: Mapping[str, Tensor], cfg: ModelConfig, fresh: Sequence[str] = ()
 ) -> tuple[dict[str, Tensor], dict[str, Supplied]]:
     """The tensors to load under the model's names (a Linear that carries LoRA is ``<name>.base_layer``)."""
     state: dict[str, Tensor] = {}
@@ -348,6 +378,7 @@ def _match(
         if n not in state
         and not n.startswith("llm.")
         and not (fresh_lora and n.startswith("qformer.") and ".lora_" in n)
+        and not n.startswith(tuple(f"{part}." for part in fresh))
     ]
     if missing:
         raise CheckpointError(f"no file supplies {len(missing)} tensors of the model: {missing[:6]}")
@@ -387,7 +418,13 @@ _PARTS: tuple[tuple[str, Callable[[str], bool]], ...] = (  # (label, test on our
 )
 
 
-def _report(final: Mapping[str, Supplied], llm: Mapping[str, Supplied], folder: Path, cfg: ModelConfig) -> list[str]:
+def _report(
+    final: Mapping[str, Supplied],
+    llm: Mapping[str, Supplied],
+    folder: Path,
+    cfg: ModelConfig,
+    fresh: Sequence[str] = (),
+) -> list[str]:
     counts: dict[str, Counter[str]] = {}
     for name, sup in [*final.items(), *((f"llm.{k}", s) for k, s in llm.items())]:
         part = next(label for label, match in _PARTS if match(name))
@@ -397,6 +434,8 @@ def _report(final: Mapping[str, Supplied], llm: Mapping[str, Supplied], folder: 
         for label, _ in _PARTS
         if label in counts
     ]
+    for part in fresh:
+        lines.append(f"{FRESH_PARTS[part]:<22}no file (--fresh {part}): random init, torch seed {FRESH_SEED}")
     for label, r in (("Q-Former LoRA", cfg.qformer.lora_r), ("LLM LoRA", cfg.llm.lora_r)):
         if label not in counts and r > 0:
             lines.append(f"{label:<22}no file: fresh adapters (r={r}, the identity until trained)")

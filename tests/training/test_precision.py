@@ -152,3 +152,54 @@ def test_cuda_without_bf16_gives_fp32_untimed(monkeypatch):
     assert choice.chosen == "fp32" and choice.reason == "bf16 is not supported on cuda:0 (old GPU)"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert prec.bf16_supported(torch.device("cuda", 0))
+
+
+# -- a 16-bit LLM: fp32 trainable weights, under autocast ------------------------------------------------------------
+
+
+def test_a_16_bit_llm_runs_under_autocast():
+    fp32 = PrecisionChoice("fp32", 10.0, 20.0, "bf16 is 2.00x slower than fp32 on cpu")
+    assert prec.for_llm_dtype(fp32, "auto", "float32") is fp32
+    chosen = prec.for_llm_dtype(fp32, "auto", "bfloat16")
+    assert chosen.chosen == "bf16" and chosen.reason.startswith("llm.dtype=bfloat16: a 16-bit LLM with fp32")
+    assert "(bf16 is 2.00x slower than fp32 on cpu)" in chosen.reason and chosen.fp32_ms == 10.0
+    bf16 = PrecisionChoice("bf16", None, None, "set by the config")
+    assert prec.for_llm_dtype(bf16, "bf16", "float16") is bf16
+    with pytest.raises(ConfigError, match="precision: fp32 with llm.dtype=float16: .* set precision: bf16"):
+        prec.for_llm_dtype(PrecisionChoice("fp32", None, None, "set by the config"), "fp32", "float16")
+
+
+def test_trainable_weights_of_a_bf16_llm_are_fp32(tiny_config):
+    import dataclasses
+
+    from pointalign.models.builders import build_model
+    from pointalign.training.stages import STAGES, apply_trainable
+
+    cfg = dataclasses.replace(tiny_config, llm=dataclasses.replace(tiny_config.llm, dtype="bfloat16"))
+    model = build_model(cfg)
+    apply_trainable(model, STAGES["stage2"])  # LLM LoRA + norms, the alignment projector
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen_llm = {n: p.dtype for n, p in model.llm.named_parameters() if not p.requires_grad}
+    assert any(".lora_" in n for n in trainable) and any("norm" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}
+    assert set(frozen_llm.values()) == {torch.bfloat16}
+
+
+def test_a_stage_on_a_bf16_llm_trains_fp32_weights_and_saves_them(fake_probe, tiny_data, tmp_path, capsys):
+    fake_probe(10.0, 20.0)  # bf16 slower here: auto would take fp32, the 16-bit LLM takes bf16
+    args = ["train", str(CONFIGS / "stage1b.yaml"), f"data.root={tiny_data}", "init_from=null", "preset=tiny"]
+    args += ["model_set={llm.dtype: bfloat16}", "optim.steps=2", "checkpoint_every=2"]
+    assert main([*args, "--out", str(tmp_path / "fp32"), "precision=fp32"]) == 2
+    assert "precision: fp32 with llm.dtype=bfloat16" in capsys.readouterr().err
+    assert not (tmp_path / "fp32").exists()
+    assert main([*args, "--out", str(tmp_path / "auto"), "precision=auto"]) == 0
+    assert "stage1b: precision auto -> bf16: llm.dtype=bfloat16: a 16-bit LLM" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    from pointalign.checkpoint import load_model
+
+    saved = load_file(tmp_path / "auto" / "stage1b" / "model.safetensors")
+    llm = {k: v for k, v in saved.items() if k.startswith("llm.") and (".lora_" in k or "norm" in k)}
+    assert llm and {v.dtype for v in llm.values()} == {torch.float32}
+    model, cfg = load_model(tmp_path / "auto" / "stage1b")
+    assert cfg.llm.dtype == "bfloat16"

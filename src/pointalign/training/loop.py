@@ -32,7 +32,7 @@ from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from pointalign.training.feature_cache import FeatureCache, encoder_side_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
-from pointalign.training.precision import PrecisionChoice, resolve_precision
+from pointalign.training.precision import PrecisionChoice, for_llm_dtype, resolve_precision
 from pointalign.training.precision import autocast as precision_autocast
 from pointalign.training.stages import apply_trainable
 
@@ -71,13 +71,13 @@ def build_stage_model(cfg: TrainConfig, out: Path) -> tuple[PointAlignModel, Mod
     parent = resolve_init(cfg, out)
     model_cfg = stage_model_config(cfg, parent)
     model = build_model(model_cfg)
+    apply_trainable(model, cfg.trainable)  # first: trainable 16-bit weights become fp32 and load their saved values
     loaded: set[str] = set()
     if parent is not None:
         for ckpt in checkpoint_chain(parent):
             loaded.update(load_state_into(model, ckpt))
     if model.query_experts is not None and not any(n.startswith("query_experts.") for n in loaded):
         model.query_experts.copy_queries(model.qformer.query_tokens)  # experts this stage adds start from the queries
-    apply_trainable(model, cfg.trainable)
     return model, model_cfg, parent
 
 
@@ -360,6 +360,7 @@ def train_stage(
     dist = init_distributed()
     try:
         precision = resolve_precision(cfg.precision, dist, resumed=state.get("precision") if state else None)
+        precision = for_llm_dtype(precision, cfg.precision, stage_model_config(cfg, resolve_init(cfg, out)).llm.dtype)
         if cfg.precision == "auto" and dist.main:
             print_fn(f"{cfg.name}: {precision.describe()}")
         run = kind.setup(cfg, out, dist, precision)

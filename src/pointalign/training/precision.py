@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from pointalign.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -161,6 +163,21 @@ def autocast(chosen: Resolved, device_type: str) -> contextlib.AbstractContextMa
     if chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def for_llm_dtype(choice: PrecisionChoice, requested: str, llm_dtype: str) -> PrecisionChoice:
+    """A stage's precision given its LLM's weight dtype. An LLM held in bfloat16 or float16 keeps its trainable
+    weights in fp32 (``apply_trainable``), and 16-bit and fp32 tensors only meet inside autocast: ``auto`` takes bf16
+    there whatever the timing, and an explicit ``fp32`` is an error naming both settings."""
+    if llm_dtype == "float32" or choice.chosen == "bf16":
+        return choice
+    if requested != "auto":
+        raise ConfigError(
+            f"precision: {requested} with llm.dtype={llm_dtype}: a 16-bit LLM trains its LoRA and norms in fp32 "
+            "under autocast; set precision: bf16 (or auto), or llm.dtype=float32"
+        )
+    reason = f"llm.dtype={llm_dtype}: a 16-bit LLM with fp32 trainable weights runs under autocast ({choice.reason})"
+    return PrecisionChoice("bf16", choice.fp32_ms, choice.bf16_ms, reason)
 
 
 def resolve_precision(requested: str, dist: DistInfo, resumed: str | None = None) -> PrecisionChoice:

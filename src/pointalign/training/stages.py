@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 from pointalign.errors import ConfigError
@@ -71,7 +72,11 @@ def _selected(part: nn.Module, mode: str, skip: tuple[str, ...] = ()) -> list[nn
 
 
 def apply_trainable(model: nn.Module, policy: TrainableConfig) -> None:
-    """Set ``requires_grad`` on exactly the parameters ``policy`` names; parts with nothing to train stay in eval."""
+    """Set ``requires_grad`` on exactly the parameters ``policy`` names; parts with nothing to train stay in eval.
+
+    A trainable parameter held in a 16-bit dtype (the LoRA adapters and norms of an LLM loaded in bf16 or fp16) is
+    made fp32, as the reference makes its LLM's norms: its updates would otherwise round away. Such a model runs
+    under autocast (``training.precision.for_llm_dtype``)."""
     for p in model.parameters():
         p.requires_grad_(False)
     eval_parts: set[str] = set()
@@ -93,6 +98,8 @@ def apply_trainable(model: nn.Module, policy: TrainableConfig) -> None:
                 eval_parts.add(name)
         for p in params:
             p.requires_grad_(True)
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
     model.eval_parts = eval_parts
     model.train(model.training)
 
