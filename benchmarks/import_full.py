@@ -111,44 +111,43 @@ def point_bert() -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in PointEncoder(preset("paper").encoder).state_dict().items()}
 
 
+def linear(name: str, out: int, inp: int) -> dict[str, torch.Tensor]:
+    """A Linear's weight (out, in) and bias (out,) under ``name``."""
+    return {f"{name}.weight": rand(out, inp), f"{name}.bias": rand(out)}
+
+
+def layer_norm(name: str, width: int) -> dict[str, torch.Tensor]:
+    """A LayerNorm's weight (ones) and bias (zeros) under ``name``."""
+    return {f"{name}.weight": torch.ones(width), f"{name}.bias": torch.zeros(width)}
+
+
 def blip2_qformer() -> dict[str, torch.Tensor]:
     """BLIP-2's Q-Former keys (KEYS.md section 2) at their real sizes."""
     q = "Qformer.bert."
     state = {
         q + "embeddings.position_ids": torch.arange(512).unsqueeze(0),
-        q + "embeddings.LayerNorm.weight": torch.ones(QH),
-        q + "embeddings.LayerNorm.bias": torch.zeros(QH),
+        **layer_norm(q + "embeddings.LayerNorm", QH),
         "query_tokens": rand(1, QUERIES, QH),
     }
     for i in range(QLAYERS):
         p = f"{q}encoder.layer.{i}."
         for name in ("query", "key", "value"):
-            state |= {p + f"attention.self.{name}.weight": rand(QH, QH), p + f"attention.self.{name}.bias": rand(QH)}
+            state |= linear(p + f"attention.self.{name}", QH, QH)
         state |= {
-            p + "attention.output.dense.weight": rand(QH, QH),
-            p + "attention.output.dense.bias": rand(QH),
-            p + "attention.output.LayerNorm.weight": torch.ones(QH),
-            p + "attention.output.LayerNorm.bias": torch.zeros(QH),
-            p + "intermediate_query.dense.weight": rand(QFFN, QH),
-            p + "intermediate_query.dense.bias": rand(QFFN),
-            p + "output_query.dense.weight": rand(QH, QFFN),
-            p + "output_query.dense.bias": rand(QH),
-            p + "output_query.LayerNorm.weight": torch.ones(QH),
-            p + "output_query.LayerNorm.bias": torch.zeros(QH),
+            **linear(p + "attention.output.dense", QH, QH),
+            **layer_norm(p + "attention.output.LayerNorm", QH),
+            **linear(p + "intermediate_query.dense", QFFN, QH),
+            **linear(p + "output_query.dense", QH, QFFN),
+            **layer_norm(p + "output_query.LayerNorm", QH),
         }
-        if i % 2 == 0:
+        if i % 2 == 0:  # cross-attention every 2nd layer, from the 1408-wide vision side
             c = p + "crossattention."
             state |= {
-                c + "self.query.weight": rand(QH, QH),
-                c + "self.query.bias": rand(QH),
-                c + "self.key.weight": rand(QH, VISION),
-                c + "self.key.bias": rand(QH),
-                c + "self.value.weight": rand(QH, VISION),
-                c + "self.value.bias": rand(QH),
-                c + "output.dense.weight": rand(QH, QH),
-                c + "output.dense.bias": rand(QH),
-                c + "output.LayerNorm.weight": torch.ones(QH),
-                c + "output.LayerNorm.bias": torch.zeros(QH),
+                **linear(c + "self.query", QH, QH),
+                **linear(c + "self.key", QH, VISION),
+                **linear(c + "self.value", QH, VISION),
+                **linear(c + "output.dense", QH, QH),
+                **layer_norm(c + "output.LayerNorm", QH),
             }
     return state
 
