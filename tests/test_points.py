@@ -83,6 +83,34 @@ def test_batched_fps_equals_the_old_torch_loop(name):
     assert torch.equal(points.farthest_point_sample(xyz, S), old_fps(xyz, S))
 
 
+def awkward_clouds() -> dict[str, np.ndarray]:
+    """Clouds that stress the FPS tree: deep and lopsided splits, equal points, tiny extents far from the origin."""
+    rng = np.random.default_rng(3)
+    clusters = np.concatenate([rng.normal(c, 1e-3, (100, 3)) for c in rng.uniform(-50, 50, (5, 3))])
+    return {
+        "clusters and outliers": np.concatenate([clusters, rng.uniform(-1e3, 1e3, (12, 3))]).astype(np.float32),
+        "all equal": np.ones((70, 3), np.float32),
+        "far from the origin": (1e6 + rng.uniform(0, 0.5, (300, 3))).astype(np.float32),
+        "a line": np.stack([np.arange(200.0), np.zeros(200), np.zeros(200)], 1).astype(np.float32),
+        "one point": np.zeros((1, 3), np.float32),
+    }
+
+
+@pytest.mark.parametrize("name", list(awkward_clouds()))
+@pytest.mark.parametrize("leaf", [1, 2, 3, 64])
+def test_fps_tree_equals_brute_force_for_any_leaf_size(name, leaf):
+    from pointalign.fps_tree import farthest_points
+
+    xyz = awkward_clouds()[name]
+    for s in sorted({1, min(17, len(xyz)), len(xyz)}):
+        assert farthest_points(xyz, s, 0, leaf=leaf).tolist() == brute_fps(xyz, s)
+
+
+def test_fps_rejects_a_start_outside_the_cloud():
+    with pytest.raises(ValueError, match="start 4 is not a point of 4"):
+        points.fps_indices(np.zeros((4, 3), np.float32), 2, start=4)
+
+
 def test_fps_rejects_too_many_samples():
     with pytest.raises(ValueError, match="asked for 5 samples from 4 points"):
         points.fps_indices(np.zeros((4, 3), np.float32), 5)
@@ -93,6 +121,29 @@ def test_knn_equals_brute_force_including_ties(name):
     xyz = clouds()[name]
     q = xyz[points.fps_indices(xyz, S)]
     assert np.array_equal(points.knn_indices(q, xyz, K), brute_knn(q, xyz, K))
+
+
+def test_knn_near_ties_within_float32_rounding():
+    """Distances a few float32 ulps apart: float64 order and float32 order can differ, so these rows are re-ranked."""
+    rng = np.random.default_rng(5)
+    dirs = rng.standard_normal((N, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    xyz = (dirs * (1 + rng.integers(0, 4, (N, 1)) * 6e-8)).astype(np.float32)  # a shell a few ulps thick
+    q = np.concatenate([np.zeros((1, 3), np.float32), xyz[:S]])  # the centre sees only near-ties
+    assert np.array_equal(points.knn_indices(q, xyz, K), brute_knn(q, xyz, K))
+
+
+def test_knn_keeps_the_kd_tree_order_only_where_rows_are_clearly_apart(monkeypatch):
+    calls = []
+    rerank = points._rerank
+    monkeypatch.setattr(points, "_rerank", lambda q, *a: calls.append(len(q)) or rerank(q, *a))
+    xyz = clouds()["random"]
+    assert np.array_equal(points.knn_indices(xyz[:S], xyz, K), brute_knn(xyz[:S], xyz, K))
+    assert sum(calls) < S // 4  # most rows of a random cloud need no float32 re-rank
+    calls.clear()
+    grid = clouds()["grid (exact ties)"]
+    assert np.array_equal(points.knn_indices(grid[:S], grid, K), brute_knn(grid[:S], grid, K))
+    assert calls == [S]  # every row of a grid has ties
 
 
 def test_knn_redoes_unsure_rows_by_brute_force(monkeypatch):

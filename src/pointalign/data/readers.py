@@ -6,10 +6,10 @@ line. Conventions:
 - Colours: a cloud whose colour channels exceed 1 is taken as 0-255 and divided by 255; otherwise as [0, 1].
 - xyz-only clouds (N x 3) get colour 0 (black), as the reference does for ModelNet40.
 - Clouds are centred on their mean and scaled into the unit sphere.
-- Oversized clouds are downsampled to ``num_points``: farthest point sampling by default (``pointalign.points``,
-  the same FPS as the encoder's: float32, from point 0, ties to the lowest index), after a random subset of
-  ``FPS_CAP`` points when the cloud is larger than that (exact FPS is O(N x num_points): 2M points would take
-  minutes), or uniformly at random with ``method="random"``. Smaller clouds are returned as they are.
+- Oversized clouds are downsampled to ``num_points``: farthest point sampling of the whole cloud by default
+  (``pointalign.points``, the same exact FPS as the encoder's: float32, from point 0, ties to the lowest index; a
+  2,000,000-point cloud takes about a second), or uniformly at random with ``method="random"``. Smaller clouds are
+  returned as they are.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pointalign.points import fps_indices
 
 CLOUD_SUFFIXES = (".npy", ".ply")
 MESH_SUFFIXES = (".off", ".obj", ".ply", ".stl", ".glb")
-FPS_CAP = 100_000  # clouds larger than this are randomly subsampled to it before FPS
 XYZ_ONLY_COLOUR = 0.0
 
 
@@ -71,13 +70,11 @@ def downsample(
     """Reduce a cloud to ``num_points`` (see the module docstring); smaller clouds are returned unchanged."""
     if points.shape[0] <= num_points:
         return points
-    rng = np.random.default_rng(seed)
     if method == "random":
+        rng = np.random.default_rng(seed)
         return points[np.sort(rng.choice(points.shape[0], num_points, replace=False))]
     if method != "fps":
         raise ValueError(f"downsample: method must be 'fps' or 'random', got {method!r}")
-    if points.shape[0] > FPS_CAP:
-        points = points[np.sort(rng.choice(points.shape[0], FPS_CAP, replace=False))]
     return points[fps_indices(points[:, :3], num_points)]
 
 

@@ -24,7 +24,7 @@ from pointalign.models.released import read_torch_file
 
 
 def farthest_point_sample(xyz: Tensor, num_samples: int, start: str = "first", generator=None) -> Tensor:
-    """Farthest point sampling (``pointalign.points``: fpsample on CPU, torch on GPU).
+    """Farthest point sampling (``pointalign.points``: a compiled exact FPS on CPU, torch on GPU).
 
     Args:
         xyz: (B, N, 3) coordinates.
