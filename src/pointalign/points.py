@@ -12,7 +12,7 @@ did not move):
   ``(dx² + dy²) + dz²`` to the nearest chosen point is largest; on a tie, the **lowest index** (``argmax``'s first
   maximum). On CPU it runs in ``pointalign.fps_tree`` (numba): a tree of bounding boxes skips the points a new sample
   cannot move (QuickFPS), so its result is the plain loop's exactly (tested on grids and duplicate points) at a
-  fraction of the cost: 32,768 -> 8,192 in about 30 ms, 2,000,000 -> 8,192 in about a second. ``fpsample`` is not
+  fraction of the cost: 32,768 -> 8,192 in 10-30 ms, 2,000,000 -> 8,192 in about a second. ``fpsample`` is not
   used: its exact O(N x S) loop is 30-40x slower at mesh sizes, and its kd-tree variant (also exact) takes
   ``start_idx`` as a position in its own tree order, breaks ties by that order, and is slower than ours. On GPU the
   same loop runs in torch.
