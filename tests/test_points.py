@@ -106,6 +106,22 @@ def test_fps_tree_equals_brute_force_for_any_leaf_size(name, leaf):
         assert farthest_points(xyz, s, 0, leaf=leaf).tolist() == brute_fps(xyz, s)
 
 
+def test_fps_tree_compiles_without_a_writable_cache():
+    """numba refuses ``cache=True`` at import when no cache folder is writable; the kernel then compiles uncached."""
+    import subprocess
+    import sys
+
+    code = (
+        "from numba.core import caching; caching.CacheImpl._locator_classes = []\n"
+        "import numpy as np; from pointalign.fps_tree import farthest_points\n"
+        "xyz = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)\n"
+        "print(farthest_points(xyz, 9, 0).tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    xyz = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
+    assert done.stdout.strip() == str(brute_fps(xyz, 9))
+
+
 def test_fps_rejects_a_start_outside_the_cloud():
     with pytest.raises(ValueError, match="start 4 is not a point of 4"):
         points.fps_indices(np.zeros((4, 3), np.float32), 2, start=4)

@@ -25,7 +25,19 @@ import numpy as np
 LEAF = 64  # points per leaf at most: the fastest of 8 / 16 / 32 / 64 measured (2048 -> 64 up to 2M -> 8192)
 
 
-@numba.njit(cache=True)
+def _compiled(fn):
+    """``numba.njit`` with numba's on-disk cache (next to this module, else in the user's cache folder); where
+    neither is writable (a read-only install and home), numba refuses ``cache=True`` at import, so compile in each
+    process instead (about 3 s at the first call). ``NUMBA_CACHE_DIR`` names another folder."""
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):
+            raise
+        return numba.njit(fn)
+
+
+@_compiled
 def _build(xyz: np.ndarray, leaf: int):  # pragma: no cover - compiled
     """(N, 3) float32 -> the tree: point order (N,), per node start, end, left, right (T,) and box lo, hi (T, 3).
 
@@ -82,7 +94,7 @@ def _build(xyz: np.ndarray, leaf: int):  # pragma: no cover - compiled
     return order, start[:count], end[:count], left[:count], right[:count], lo[:count], hi[:count]
 
 
-@numba.njit(cache=True)
+@_compiled
 def _sample(xyz: np.ndarray, num: int, first: int, leaf: int) -> np.ndarray:  # pragma: no cover - compiled
     """(N, 3) float32 -> (S,) int64: FPS from ``first``, farthest by float32 squared distance, lowest index on ties."""
     order, start, end, left, right, lo, hi = _build(xyz, leaf)
