@@ -13,7 +13,7 @@ did not move):
   maximum). On CPU it runs in ``pointalign.fps_tree`` (numba): a tree of bounding boxes skips the points a new sample
   cannot move (QuickFPS), so its result is the plain loop's exactly (tested on grids and duplicate points) at a
   fraction of the cost: 32,768 -> 8,192 in 10-30 ms, 2,000,000 -> 8,192 in about a second. ``fpsample`` is not
-  used: its exact O(N x S) loop is 30-40x slower at mesh sizes, and its kd-tree variant (also exact) takes
+  used: its exact O(N x S) loop is 30-70x slower at mesh sizes, and its kd-tree variant (also exact) takes
   ``start_idx`` as a position in its own tree order, breaks ties by that order, and is slower than ours. On GPU the
   same loop runs in torch.
 - **kNN** returns, for each query, the K points with the smallest float32 euclidean distance as
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_CANDIDATE_MARGIN = 1  # extra kd-tree candidates per query, re-ranked in float32 (the edge check below keeps any
-# margin exact: a row whose K-th distance is not clearly inside the candidates is redone by brute force)
+_CANDIDATE_MARGIN = 1  # extra kd-tree candidates per query (the edge checks keep any margin exact: a row whose K-th
+# distance is not clearly inside the candidates is re-ranked, and redone by brute force when still unsure)
 _EDGE_RTOL = 1e-5  # distances closer than this (relative) count as a near-tie: such rows are re-ranked in float32,
 # and redone by brute force when the K-th is this close to the candidate edge (float32 rounding moves one by < 1e-6)
 _EDGE_ATOL = 1e-12  # and closer than this (absolute), for distances near 0

@@ -14,6 +14,7 @@ from pointalign.data.readers import (
     read_modelnet_dat,
 )
 from pointalign.errors import DataError
+from tests.test_points import brute_fps
 
 
 def test_npy_xyz_only_gets_documented_colour_and_unit_sphere(tmp_path):
@@ -48,12 +49,7 @@ def test_oversized_clouds_are_downsampled_by_fps_of_the_whole_cloud(tmp_path):
     big[:, 3:] = (big[:, 3:] + 1) / 2
     np.save(tmp_path / "big.npy", big)
     cloud = load_cloud(tmp_path / "big.npy", num_points=128)
-    # no random pre-subset: the plain FPS loop over all 300,000 points picks the same points
-    xyz = big[:, :3]
-    dist, picked = np.full(len(xyz), np.inf, np.float32), [0]
-    for _ in range(127):
-        dist = np.minimum(dist, ((xyz - xyz[picked[-1]]) ** 2).sum(-1))
-        picked.append(int(np.argmax(dist)))
+    picked = brute_fps(big[:, :3], 128)  # no random pre-subset: the plain loop over all 300,000 points
     assert np.array_equal(downsample(big, 128), big[picked])
     assert np.allclose(cloud, normalize(big[picked]))
     assert downsample(big, 128, "random").shape == (128, 6)
