@@ -86,10 +86,35 @@ def test_layout_round_trips_through_readers(dataset):
     assert np.allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-4)  # xyz + unit normals, as ModelNet40
 
 
-def test_detailed_descriptions_have_three_to_five_sentences(dataset):
+ASPECTS = ("taller than it is wide", "wider than it is tall", "about as tall as it is wide")
+
+
+def test_detailed_descriptions_open_with_a_summary_and_tell_each_fact_once(dataset):
     out, _ = dataset
+    facts = json.loads((out / "anno_data" / FACTS_FILE).read_text())
     for rec in read_annotations(out / "anno_data" / COMPLEX_FILE, ("detailed_description",)):
-        assert 3 <= len(re.findall(r"[.!?](\s|$)", rec.turns[0][1])) <= 5
+        text, f = rec.turns[0][1], facts[rec.object_id]
+        sentences = re.split(r"(?<=\.) ", text)
+        assert 2 <= len(sentences) <= 4, text
+        noun = {"stairs": "flight of stairs"}.get(f["class"], f["class"])
+        assert sentences[0].startswith("This is ") and f"{f['colour']} {noun}" in sentences[0], text
+        assert sentences[1] in {f"It is {s}." for s in ASPECTS}
+        assert len(set(sentences)) == len(sentences), text
+        for key, n in f["counts"].items():  # a count is told once: in the summary or in its own sentence
+            if n > 1:
+                assert len(re.findall(rf"\b{NUMBER_WORDS[n]} {re.escape(key)}\b", text)) <= 1, text
+        for key, value in f["variants"].items():
+            if key != f["class"]:
+                told = rf"\b{re.escape(value)} {re.escape(key)}\b|The {re.escape(key)} \w+ {re.escape(value)}\."
+                assert len(re.findall(told, text)) <= 1, text
+
+
+def test_description_summary_names_the_parts_a_caption_would():
+    obj = generate_object("chair", 12, 0, 256)  # brown; five wheels, armrests, a low backrest, brown seat, white legs
+    summary, shape, *rest = re.split(r"(?<=\.) ", obj.text.description())
+    assert summary == "This is a brown chair with a low backrest and five wheels."
+    assert shape == "It is taller than it is wide."
+    assert rest == ["The seat is brown.", "The legs are white."]  # facts the summary left out, none told twice
 
 
 COUNT_EXCEPTIONS = {("keyboard", "rows of keys"), ("tv stand", "compartments")}

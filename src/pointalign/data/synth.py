@@ -36,7 +36,7 @@ from pointalign.data.synth_objects import GENERATORS, Draw, Facts
 from pointalign.data.synth_text import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, ObjectText
 from pointalign.errors import ConfigError
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CLASSES: list[str] = list(GENERATORS)  # ModelNet40 order (alphabetical, "flower pot" etc. with spaces)
 BRIEF_FILE = "PointLLM_brief_description_660K_filtered.json"
 COMPLEX_FILE = "PointLLM_complex_instruction_70K.json"

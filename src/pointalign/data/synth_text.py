@@ -169,51 +169,45 @@ class ObjectText:
         return " ".join([*words, self.noun])
 
     # -- statements ----------------------------------------------------------------------------------------------
-    def _with_items(self) -> list[str]:
+    def _facts(self) -> list[tuple[str | None, str]]:
+        """Every part fact as ``(phrase after "with", or None where it has none; its sentence)``."""
         f = self.facts
-        items = [count_phrase(k, n) for k, n in f.counts.items() if n > 0]
-        items += [has_phrase(k, True) for k, v in self.has.items() if v]
-        items += [
-            f"{v} {k}" if plural(k) else f"{article(v)} {v} {k}"
-            for k, v in f.variants.items()
-            if " " not in v and k != self.cls
+        out: list[tuple[str | None, str]] = [
+            (count_phrase(k, n) if n > 0 else None, f"It has {count_phrase(k, n)}.") for k, n in f.counts.items()
         ]
-        return items
-
-    def _sentences(self) -> list[str]:
-        f = self.facts
-        out = [f"It has {count_phrase(k, n)}." for k, n in f.counts.items()]
-        out += [f"The {k} {be(k)} {v}." for k, v in f.variants.items() if k != self.cls]
-        out += [f"It has {has_phrase(k, v)}." for k, v in self.has.items()]
-        out += [f"The {k} {be(k)} {v}." for k, v in f.part_colours.items() if k != self.cls]
+        out += [(has_phrase(k, True) if v else None, f"It has {has_phrase(k, v)}.") for k, v in self.has.items()]
+        out += [
+            ((f"{v} {k}" if plural(k) else f"{article(v)} {v} {k}") if " " not in v else None, f"The {k} {be(k)} {v}.")
+            for k, v in f.variants.items()
+            if k != self.cls
+        ]
+        out += [(None, f"The {k} {be(k)} {v}.") for k, v in f.part_colours.items() if k != self.cls]
         return out
+
+    @staticmethod
+    def _with_tail(items: list[str]) -> str:
+        return (" with " + (" and ".join(items[:2]) if len(items) > 1 else items[0])) if items else ""
 
     def caption(self) -> str:
         """A brief caption (<= 25 words)."""
-        items = self._with_items()
+        items = [w for w, _ in self._facts() if w is not None]
         self.rng.shuffle(items)
-        tail = ""
-        if items:
-            tail = " with " + (" and ".join(items[:2]) if len(items) > 1 else items[0])
         phrase = self._noun_phrase()
         template = self._pick(["{a} {phrase}{tail}.", "{phrase}{tail}.", "this is {a} {phrase}{tail}."])
-        text = template.format(a=article(phrase), phrase=phrase, tail=tail)
+        text = template.format(a=article(phrase), phrase=phrase, tail=self._with_tail(items))
         return text[0].upper() + text[1:]
 
     def description(self) -> str:
-        """A detailed description: 3-5 sentences."""
-        opening = self._pick(
-            [
-                f"This is {with_article(self._noun_phrase(colour=False))}.",
-                f"The object is {with_article(self._noun_phrase(colour=False, proportion=False))}"
-                + (f", and it is {self.facts.proportion[0]}." if self.facts.proportion else "."),
-            ]
-        )
-        colour = self._pick([f"It is mostly {self.colour}.", f"Its main colour is {self.colour}."])
-        rest = self._sentences()
-        self.rng.shuffle(rest)
+        """A detailed description, 3-5 sentences: a summary sentence (what, which colour, two parts), how tall it is
+        against its width, and other parts' facts, none told twice."""
+        facts = self._facts()
+        self.rng.shuffle(facts)
+        opening = [i for i, (w, _) in enumerate(facts) if w is not None][:2]
+        phrase = self._noun_phrase()
+        summary = f"This is {with_article(phrase)}{self._with_tail([facts[i][0] for i in opening])}."
+        rest = [s for i, (_, s) in enumerate(facts) if i not in opening]
         shape = [self.aspect_sentence()] if self.aspect is not None else []
-        return " ".join([opening, colour, *shape, *rest[: 3 - len(shape)]])
+        return " ".join([summary, *shape, *rest[: 3 - len(shape)]])
 
     def aspect_sentence(self) -> str:
         """How tall the object is against its width, measured from the cloud."""
