@@ -11,7 +11,7 @@ from pointalign.data.geometry import PALETTE
 from pointalign.data.readers import PointLLMFolder, read_annotations, read_class_names, read_modelnet_dat
 from pointalign.data.synth import CLASSES, COMPLEX_FILE, FACTS_FILE, VAL_GT_FILE, generate_object, synthesize
 from pointalign.data.synth_objects import GENERATORS, Draw
-from pointalign.data.synth_text import NUMBER_WORDS, SYNONYMS
+from pointalign.data.synth_text import NOUNS, NUMBER_WORDS, SYNONYMS
 
 PER_CLASS, POINTS = 4, 256  # per class: 1 val, 1 test, 2 train
 
@@ -96,7 +96,7 @@ def test_detailed_descriptions_open_with_a_summary_and_tell_each_fact_once(datas
         text, f = rec.turns[0][1], facts[rec.object_id]
         sentences = re.split(r"(?<=\.) ", text)
         assert 2 <= len(sentences) <= 4, text
-        noun = {"stairs": "flight of stairs"}.get(f["class"], f["class"])
+        noun = NOUNS.get(f["class"], f["class"])
         assert sentences[0].startswith("This is ") and f"{f['colour']} {noun}" in sentences[0], text
         assert sentences[1] in {f"It is {s}." for s in ASPECTS}
         assert len(set(sentences)) == len(sentences), text

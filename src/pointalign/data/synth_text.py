@@ -198,8 +198,8 @@ class ObjectText:
         return text[0].upper() + text[1:]
 
     def description(self) -> str:
-        """A detailed description, 3-5 sentences: a summary sentence (what, which colour, two parts), how tall it is
-        against its width, and other parts' facts, none told twice."""
+        """A detailed description, 2-4 sentences: a summary sentence (what, which colour, two parts), how tall it is
+        against its width, and up to two other parts' facts, none told twice."""
         facts = self._facts()
         self.rng.shuffle(facts)
         opening = [i for i, (w, _) in enumerate(facts) if w is not None][:2]
