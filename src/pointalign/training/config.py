@@ -112,6 +112,27 @@ class ContrastiveConfig:
     # from a text-only BERT gives nearly the same outputs for every object and stage 1 cannot fix that in a few steps.
     qformer: bool = False
     text_encoder: str = "minilm"  # "minilm" (packaged) or a local sentence-transformers folder
+    # Hard negatives: every other place of a batch goes to a neighbour of the record before it, an object whose
+    # caption is among that caption's ``neighbour_pool`` nearest (by the frozen text embedding). Nearest captions
+    # share the class and differ in a colour or a part, so the losses must tell those apart, not only the class.
+    hard_negatives: bool = False
+    neighbour_pool: int = 8
+    # Colour prediction: each Q-Former output also predicts its cloud's colour histogram (colour_bins^3 RGB cells;
+    # the clouds whose colours were dropped are left out), a target every coloured cloud carries in itself; the
+    # caption embeddings weigh a colour word lightly, so without it the Q-Former keeps the class better than the colour.
+    colour_weight: float = 0.0  # 0 = off
+    colour_bins: int = 3
+    colour_queries: int = 0  # how many query outputs (the first ones) predict the colours; 0 = all of them
+
+    def __post_init__(self) -> None:
+        if self.neighbour_pool < 1:
+            raise ConfigError(f"contrastive.neighbour_pool: must be >= 1, got {self.neighbour_pool}")
+        if self.colour_weight < 0:
+            raise ConfigError(f"contrastive.colour_weight: must be >= 0, got {self.colour_weight}")
+        if self.colour_bins < 1:
+            raise ConfigError(f"contrastive.colour_bins: must be >= 1, got {self.colour_bins}")
+        if self.colour_queries < 0:
+            raise ConfigError(f"contrastive.colour_queries: must be >= 0, got {self.colour_queries}")
 
 
 @dataclass

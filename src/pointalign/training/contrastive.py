@@ -9,6 +9,11 @@ With ``contrastive.qformer``, the bridge and the Q-Former train as well, by BLIP
 each query output is projected to the text width and a cloud's score for a caption is its best query's. The two
 InfoNCE losses are added; the Q-Former's does not flow back into the encoder.
 
+Two options, off in the shipped configs (README, tuning table): ``contrastive.hard_negatives`` fills every other
+place of a batch with an object whose caption is near the previous record's (``with_hard_negatives``), and
+``contrastive.colour_weight`` has the query outputs also predict their cloud's colour histogram (``colour_loss``),
+a target that needs no text: the caption embeddings weigh a colour word lightly.
+
 ``CONTRASTIVE`` is the stage kind (set-up, step, closing report) that ``training/run.py`` hands to the loop.
 """
 
@@ -20,11 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointalign.data.readers import read_class_names
+from pointalign.data.readers import Record, read_class_names
 from pointalign.data.synth import SHAPE_NAMES_FILE
 from pointalign.errors import ConfigError
 from pointalign.eval.tasks import load_items
@@ -65,24 +71,59 @@ class QueryHead(nn.Module):
         return F.normalize(self.proj(queries), dim=-1)  # (B, Q, D)
 
 
-class ContrastiveModule(nn.Module):
-    """What stage 0 trains: the point encoder and its head; with ``query_head``, also the bridge and the Q-Former."""
+def colour_histogram(rgb: torch.Tensor, bins: int) -> torch.Tensor:
+    """(B, N, 3) colours in [0, 1] -> (B, bins**3): the share of each cloud's points in each cell of a bins^3 RGB
+    grid (cell index r * bins^2 + g * bins + b)."""
+    cell = (rgb.float() * bins).floor().clamp(0, bins - 1).long()  # (B, N, 3)
+    index = (cell[..., 0] * bins + cell[..., 1]) * bins + cell[..., 2]  # (B, N)
+    counts = torch.zeros(rgb.shape[0], bins**3, device=rgb.device).scatter_add_(
+        1, index, torch.ones_like(index, dtype=torch.float)
+    )
+    return counts / rgb.shape[1]
 
-    def __init__(self, model: PointAlignModel, head: ContrastiveHead, query_head: QueryHead | None) -> None:
+
+def colour_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, K) colour histograms under each query's (B, Q, K) predicted distribution, averaged over
+    the queries and the clouds."""
+    return -(target[:, None] * logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+class ContrastiveModule(nn.Module):
+    """What stage 0 trains: the point encoder and its head; with ``query_head``, also the bridge and the Q-Former;
+    with ``colour_head`` (Q-Former width -> histogram cells), the first ``colour_queries`` query outputs (0 = all)
+    also predict the cloud's colours."""
+
+    def __init__(
+        self,
+        model: PointAlignModel,
+        head: ContrastiveHead,
+        query_head: QueryHead | None,
+        colour_head: nn.Linear | None = None,
+        colour_queries: int = 0,
+    ) -> None:
         super().__init__()
+        if colour_head is not None and query_head is None:
+            raise ValueError("the colour head reads the Q-Former's outputs: it needs the query head as well")
         self.point_encoder = model.point_encoder
         self.head = head
         self.bridge = model.bridge if query_head is not None else None
         self.qformer = model.qformer if query_head is not None else None
         self.query_head = query_head
+        self.colour_head = colour_head
+        self.colour_queries = colour_queries
 
-    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, N, F) clouds -> (B, D) encoder embeddings and (B, Q, D) query embeddings (None without a Q-Former)."""
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(B, N, F) clouds -> (B, D) encoder embeddings, (B, Q, D) query embeddings (None without a Q-Former) and
+        (B, Q, K) colour-histogram logits (None without a colour head)."""
         tokens = self.point_encoder(points)  # (B, T, C)
         if self.query_head is None:
-            return self.head(tokens), None
-        # The Q-Former's loss stops at the encoder, which learns from its own head alone (as it does without one).
-        return self.head(tokens), self.query_head(self.qformer(self.bridge(tokens.detach())))
+            return self.head(tokens), None, None
+        # The Q-Former's losses stop at the encoder, which learns from its own head alone (as it does without one).
+        outputs = self.qformer(self.bridge(tokens.detach()))  # (B, Q, Dq)
+        colour = None
+        if self.colour_head is not None:
+            colour = self.colour_head(outputs[:, : self.colour_queries or None])  # (B, Q or colour_queries, K)
+        return self.head(tokens), self.query_head(outputs), colour
 
 
 def similarity(points: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
@@ -97,6 +138,38 @@ def clip_loss(points: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tens
     logits = logit_scale.clamp(max=math.log(100.0)).exp() * similarity(points, texts)  # (B, B)
     target = torch.arange(points.shape[0], device=points.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def nearest_captions(emb: torch.Tensor, pool: int) -> torch.Tensor:
+    """(C, min(pool, C - 1)) indices of each caption's nearest other captions, nearest first, from (C, D) unit
+    embeddings."""
+    sim = emb @ emb.t()  # (C, C)
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(min(pool, emb.shape[0] - 1), dim=1).indices
+
+
+def with_hard_negatives(
+    records: list[Record],
+    captions: list[str],
+    neighbours: torch.Tensor,
+    objects_of: dict[str, list[Record]],
+    rng: np.random.Generator,
+) -> list[Record]:
+    """``records`` with every odd place given to a neighbour of the record before it: a record of another object,
+    not yet in the batch, whose caption is drawn from the anchor's ``neighbours`` row (a place none of them can take
+    keeps its record). ``captions`` indexes the rows of ``neighbours``; ``objects_of`` maps a caption to its records."""
+    index = {c: i for i, c in enumerate(captions)}
+    out = list(records)
+    taken = {r.object_id for r in out[0::2]}
+    for place in range(1, len(out), 2):
+        row = neighbours[index[out[place - 1].turns[0][1]]].tolist()
+        for k in rng.permutation(len(row)):
+            free = [r for r in objects_of[captions[row[k]]] if r.object_id not in taken]
+            if free:
+                out[place] = free[int(rng.integers(len(free)))]
+                break
+        taken.add(out[place].object_id)
+    return out
 
 
 def load_test_split(root: Path, points: int, file_points: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -122,7 +195,16 @@ def setup_contrastive(
         if frozen:
             raise ConfigError(f"contrastive.qformer=true trains the Q-Former, but trainable.{frozen[0]} is frozen")
         query_head = QueryHead(model_cfg.qformer.hidden_size, c.embed_dim, c.init_temperature)
-    module = ContrastiveModule(model, head, query_head).to(dist.device)
+    colour_head = None
+    if c.colour_weight > 0:
+        if query_head is None:
+            raise ConfigError(
+                "contrastive.colour_weight > 0 trains the Q-Former's outputs: it needs contrastive.qformer"
+            )
+        with torch.random.fork_rng(devices=[]):  # its own draw: turning it on leaves every other random draw as it was
+            torch.manual_seed(cfg.seed + 1)
+            colour_head = nn.Linear(model_cfg.qformer.hidden_size, c.colour_bins**3)
+    module = ContrastiveModule(model, head, query_head, colour_head, c.colour_queries).to(dist.device)
     data = MixtureData(cfg.data, cfg.seed, dist.rank, dist.world)
     store = PointStore(data.folder, model_cfg.encoder.num_points, cfg.data.resample)
     run = StageRun(
@@ -137,7 +219,11 @@ def setup_contrastive(
         store,
         None,
         precision,
-        extra_modules={"head": head, **({"query_head": query_head} if query_head is not None else {})},
+        extra_modules={
+            "head": head,
+            **({"query_head": query_head} if query_head is not None else {}),
+            **({"colour_head": colour_head} if colour_head is not None else {}),
+        },
     )
     captions = sorted({r.turns[0][1] for _, recs in data.sources for r in recs})
     emb = embed_texts(captions, cfg.contrastive.text_encoder)
@@ -145,6 +231,12 @@ def setup_contrastive(
         raise ValueError(f"contrastive.embed_dim={cfg.contrastive.embed_dim} but the text encoder gives {emb.shape[1]}")
     # text_bank: caption -> (D,); zero_shot: the test clouds and prompts, loaded once; zero_shot_at: (step, accuracies)
     run.aux.update(text_bank=dict(zip(captions, emb)), module=module, zero_shot=None, zero_shot_at=None)
+    if c.hard_negatives:
+        objects_of: dict[str, list[Record]] = {}
+        for _, recs in data.sources:
+            for r in recs:
+                objects_of.setdefault(r.turns[0][1], []).append(r)
+        run.aux["hard"] = (captions, nearest_captions(emb, c.neighbour_pool), objects_of)
     return run
 
 
@@ -168,7 +260,7 @@ def zero_shot_accuracy(run: StageRun, step: int) -> dict[str, float]:
     preds: dict[str, list[torch.Tensor]] = {"zero_shot_accuracy": [], "qformer_zero_shot_accuracy": []}
     for i in range(0, len(clouds), 32):
         with autocast(run):
-            emb, queries = module(clouds[i : i + 32].to(run.dist.device))
+            emb, queries, _ = module(clouds[i : i + 32].to(run.dist.device))
         preds["zero_shot_accuracy"].append(similarity(emb.float().cpu(), prompts).argmax(dim=1))
         if queries is not None:
             preds["qformer_zero_shot_accuracy"].append(similarity(queries.float().cpu(), prompts).argmax(dim=1))
@@ -181,6 +273,9 @@ def zero_shot_accuracy(run: StageRun, step: int) -> dict[str, float]:
 def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     del forward  # stage 0 trains run.aux["module"]; gradients are averaged by hand under DDP
     _, records = run.data.next_batch()
+    if "hard" in run.aux:  # the draw depends on the step alone, so a resumed run builds the same batches
+        rng = np.random.default_rng([run.cfg.seed, run.dist.rank, run.step, 11])
+        records = with_hard_negatives(records, *run.aux["hard"], rng)
     points = run.store.batch([r.object_id for r in records]).clone()
     drop = torch.rand(points.shape[0]) < run.cfg.contrastive.colour_dropout
     points[drop, :, 3:] = 0.0
@@ -188,11 +283,16 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     module = run.aux["module"]
     module.train()
     with autocast(run):
-        emb, queries = module(points.to(run.dist.device))
+        emb, queries, colour = module(points.to(run.dist.device))
     loss = clip_loss(emb.float(), texts, module.head.logit_scale)
     if queries is not None:
         query_loss = clip_loss(queries.float(), texts, module.query_head.logit_scale)
         loss = loss + query_loss
+    if colour is not None and not bool(drop.all()):  # the clouds whose colours were dropped have none to predict
+        kept = ~drop.to(colour.device)
+        hist = colour_histogram(points[:, :, 3:6].to(colour.device)[kept], run.cfg.contrastive.colour_bins)
+        colour_term = colour_loss(colour[kept], hist)
+        loss = loss + run.cfg.contrastive.colour_weight * colour_term
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(module.parameters(), run.dist)
@@ -200,6 +300,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     metrics = {
         "loss": float(loss.detach()),
         **({"query_loss": float(query_loss.detach())} if queries is not None else {}),
+        **({"colour_loss": float(colour_term.detach())} if colour is not None and not bool(drop.all()) else {}),
         "samples": len(records) * run.dist.world,
         "temperature": float(1.0 / module.head.logit_scale.detach().exp()),
     }
