@@ -195,6 +195,9 @@ def test_stage0_colour_prediction_needs_the_qformer(tiny_data, tmp_path, capsys)
         capsys.readouterr().err
     )
     assert list(tmp_path.iterdir()) == []
+    assert main([*args, "contrastive.colour_weight=1.0", "contrastive.colour_queries=999"]) == 2
+    assert "contrastive.colour_queries=999, but the Q-Former has" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
     assert main([*args, "contrastive.colour_weight=-1"]) == 2
     assert "contrastive.colour_weight: must be >= 0, got -1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

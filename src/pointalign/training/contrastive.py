@@ -201,6 +201,9 @@ def setup_contrastive(
             raise ConfigError(
                 "contrastive.colour_weight > 0 trains the Q-Former's outputs: it needs contrastive.qformer"
             )
+        queries = model_cfg.qformer.num_queries
+        if c.colour_queries > queries:
+            raise ConfigError(f"contrastive.colour_queries={c.colour_queries}, but the Q-Former has {queries} queries")
         with torch.random.fork_rng(devices=[]):  # its own draw: turning it on leaves every other random draw as it was
             torch.manual_seed(cfg.seed + 1)
             colour_head = nn.Linear(model_cfg.qformer.hidden_size, c.colour_bins**3)
