@@ -161,6 +161,16 @@ def test_colour_loss_is_the_mean_soft_cross_entropy_over_queries():
     expected = sum(-(target[b] * logits[b, q].log_softmax(-1)).sum() for b in range(2) for q in range(3)) / 6
     assert colour_loss(logits, target) == pytest.approx(float(expected), rel=1e-6)
     assert colour_loss(torch.tensor([[[0.0, 50.0]]]), torch.tensor([[0.0, 1.0]])) == pytest.approx(0.0, abs=1e-6)
+    only_first = colour_loss(logits, target, torch.tensor([True, False]))  # the second cloud lost its colours
+    assert only_first == pytest.approx(float(colour_loss(logits[:1], target[:1])), rel=1e-6)
+
+
+def test_colour_loss_with_every_cloud_left_out_is_zero_with_zero_gradients():
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    loss = colour_loss(logits, torch.full((2, 4), 0.25), torch.tensor([False, False]))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_colour_head_gives_each_query_a_histogram_and_stops_at_the_encoder():

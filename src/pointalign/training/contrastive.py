@@ -82,10 +82,15 @@ def colour_histogram(rgb: torch.Tensor, bins: int) -> torch.Tensor:
     return counts / rgb.shape[1]
 
 
-def colour_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def colour_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of (B, K) colour histograms under each query's (B, Q, K) predicted distribution, averaged over
-    the queries and the clouds."""
-    return -(target[:, None] * logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
+    the queries, then over the clouds by their (B,) ``weight`` (None: all alike). Weights that are all 0 give 0, with
+    zero gradients rather than none, so every process of a DDP run averages the same parameters."""
+    per_cloud = -(target[:, None] * logits.float().log_softmax(dim=-1)).sum(dim=-1).mean(dim=-1)  # (B,)
+    if weight is None:
+        return per_cloud.mean()
+    weight = weight.to(per_cloud.dtype)
+    return (per_cloud * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 class ContrastiveModule(nn.Module):
@@ -291,10 +296,9 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     if queries is not None:
         query_loss = clip_loss(queries.float(), texts, module.query_head.logit_scale)
         loss = loss + query_loss
-    if colour is not None and not bool(drop.all()):  # the clouds whose colours were dropped have none to predict
-        kept = ~drop.to(colour.device)
-        hist = colour_histogram(points[:, :, 3:6].to(colour.device)[kept], run.cfg.contrastive.colour_bins)
-        colour_term = colour_loss(colour[kept], hist)
+    if colour is not None:  # the clouds whose colours were dropped have none to predict: they weigh 0
+        hist = colour_histogram(points[:, :, 3:6].to(colour.device), run.cfg.contrastive.colour_bins)
+        colour_term = colour_loss(colour, hist, (~drop).to(colour.device))
         loss = loss + run.cfg.contrastive.colour_weight * colour_term
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -303,7 +307,7 @@ def contrastive_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     metrics = {
         "loss": float(loss.detach()),
         **({"query_loss": float(query_loss.detach())} if queries is not None else {}),
-        **({"colour_loss": float(colour_term.detach())} if colour is not None and not bool(drop.all()) else {}),
+        **({"colour_loss": float(colour_term.detach())} if colour is not None else {}),
         "samples": len(records) * run.dist.world,
         "temperature": float(1.0 / module.head.logit_scale.detach().exp()),
     }
