@@ -81,7 +81,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     from pointalign.checkpoint import load_model
     from pointalign.config import GenerationConfig
     from pointalign.eval.tasks import MAX_NEW_TOKENS, evaluate
-    from pointalign.training.precision import autocast, requested_precision
+    from pointalign.training.precision import inference_autocast, requested_precision
 
     model, cfg = load_model(args.checkpoint, for_inference=True)
     gen = GenerationConfig.greedy(MAX_NEW_TOKENS[args.task]) if args.greedy else None
@@ -90,7 +90,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     precision = requested_precision(args.precision, device)
     if args.precision == "auto":
         print(f"eval: {precision.describe()}")
-    with autocast(precision.chosen, device.type):
+    with inference_autocast(precision.chosen, device.type, model):
         path = evaluate(
             model,
             args.task,

@@ -343,8 +343,12 @@ def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
     # another precision: every answer is generated anew under it, and the summary records it
     assert fewer["settings"]["precision"] == "fp32"
     calls = []
-    real_autocast = rm.autocast
-    monkeypatch.setattr(rm, "autocast", lambda chosen, device: calls.append(chosen) or real_autocast(chosen, device))
+    real_autocast = rm.inference_autocast
+    monkeypatch.setattr(
+        rm,
+        "inference_autocast",
+        lambda chosen, device, model: calls.append(chosen) or real_autocast(chosen, device, model),
+    )
     in_bf16 = rm.evaluate_model(
         ckpt, tiny_data, 256, dataclasses.replace(longer, precision="bf16"), print_fn=lambda *_: None
     )

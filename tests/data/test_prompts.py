@@ -121,3 +121,39 @@ def test_reference_styles_render_the_reference_strings(style):
     chat = b.encode([("What is this?", "A chair.")], "Legs?")
     assert text(chat) == "<s>[INST] <PC><points></PC> <s>[INST] What is this? [/INST]A chair.<s>[INST] Legs? [/INST]"
     assert chat.answer_start == len(chat.input_ids) and set(chat.labels) == {IGNORE_INDEX}
+
+
+def test_hidden_spans_lose_their_labels_not_their_tokens(builder):
+    from pointalign.data.colour_words import colour_spans
+
+    turns = [("What colour is it?", "Red, mostly."), ("And the legs?", "The legs are grey.")]
+    plain = builder.encode(turns)
+    hidden = builder.encode(turns, hide=colour_spans)
+    assert hidden.input_ids == plain.input_ids and hidden.point_start == plain.point_start
+    assert hidden.answer_start == plain.answer_start  # the hidden first word still starts the answer
+    assert supervised_text(builder, plain) == "Red, mostly.<|im_end|>\nThe legs are grey.<|im_end|>\n"
+    assert supervised_text(builder, hidden) == ", mostly.<|im_end|>\nThe legs are .<|im_end|>\n"
+    # questions are never supervised, so spans found there change nothing
+    assert (
+        builder.encode([("Is it red?", "Yes.")], hide=colour_spans).labels
+        == builder.encode([("Is it red?", "Yes.")]).labels
+    )
+
+
+def test_hiding_needs_token_offsets(builder):
+    class Slow:
+        is_fast = False
+
+        def __init__(self, tok):
+            self.tok = tok
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.tok(*args, **kwargs)
+
+    b = PromptBuilder(Slow(builder.tokenizer), builder.cfg, Q)
+    b.encode([("Hi", "A red chair.")])  # nothing hidden: no offsets needed
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        b.encode([("Hi", "A red chair.")], hide=lambda text: [(0, 1)])

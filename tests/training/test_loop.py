@@ -265,3 +265,102 @@ def test_a_disk_cache_is_shared_by_stages_with_the_same_encoder_side(chain, tiny
         caches.append(run.cache)
     assert caches[0].key == caches[1].key and caches[0].misses > 0
     assert caches[1].misses == 0 and caches[1].hits == caches[0].hits + caches[0].misses
+
+
+def test_a_colourless_cloud_trains_no_colour_words(chain, tiny_data):
+    """With every cloud's colours dropped, no colour word of an answer carries a label (unless the option is off)."""
+    from pointalign.data.colour_words import colour_spans
+    from pointalign.data.prompts import IGNORE_INDEX
+
+    supervised = {}
+    for hide in (True, False):
+        torch.manual_seed(0)
+        overrides = [f"data.root={tiny_data}", "data.colour_dropout=1.0", f"data.hide_dropped_colours={hide}"]
+        run = setup(
+            load_train_config(CONFIGS / "stage2.yaml", overrides), chain, DistInfo(0, 1, 0, torch.device("cpu"))
+        )
+        builder, batches = run.model.builder, []
+        collate = builder.collate
+        builder.collate = lambda items, padding_side: batches.append(collate(items, padding_side)) or batches[-1]
+        run.model.train()
+        for _ in range(4):
+            train_step(run, run.model)
+        tok = run.model.tokenizer
+        supervised[hide] = [
+            tok.decode([t for t, lab in zip(row.tolist(), labels.tolist()) if lab != IGNORE_INDEX])
+            for b in batches
+            for row, labels in zip(b.input_ids, b.labels)
+        ]
+    assert sum(len(colour_spans(text)) for text in supervised[False]) > 0
+    assert all(colour_spans(text) == [] for text in supervised[True])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prefilled_cache_holds_every_drawable_cloud_and_trains_as_the_lazy_one(chain, tiny_data, tmp_path, precision):
+    """``cache.prefill``: every object and its xyz-only copy encoded before the first step, in fixed batches and in
+    the run's precision; the steps then only hit, and give the losses of the cache filled one cloud at a time."""
+    from pointalign.training.loop import XYZ_ONLY
+
+    losses, runs = {}, {}
+    for prefill in (False, True):
+        torch.manual_seed(0)
+        overrides = [
+            f"data.root={tiny_data}",
+            f"precision={precision}",
+            "cache.kind=disk",
+            f"cache.dir={tmp_path / str(prefill)}",
+            f"cache.prefill={prefill}",
+            "cache.prefill_batch=3",
+            "data.colour_dropout=0.5",
+        ]
+        run = setup(
+            load_train_config(CONFIGS / "stage2.yaml", overrides), chain, DistInfo(0, 1, 0, torch.device("cpu"))
+        )
+        stored = {p.stem for p in (tmp_path / str(prefill)).rglob("*.safetensors")}
+        if prefill:
+            ids = {r.object_id for _, records in run.data.sources for r in records}
+            assert stored == ids | {i + XYZ_ONLY for i in ids}
+        else:
+            assert stored == set()
+        run.model.train()
+        losses[prefill] = [train_step(run, run.model)["loss"] for _ in range(3)]
+        runs[prefill] = run
+    assert runs[True].cache.misses == 0 and runs[True].cache.hits > 0
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+def test_prefill_batches_are_fixed_by_the_keys_and_split_by_process(chain, tiny_data):
+    from pointalign.training.loop import clouds_for
+
+    cfg = load_train_config(CONFIGS / "stage2.yaml", [f"data.root={tiny_data}", "cache.kind=memory"])
+    run = setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu")))
+    cache, store = run.cache, run.store
+    keys = sorted({r.object_id for _, records in run.data.sources for r in records})[:7]
+    seen = []
+
+    def points(ks):
+        seen.append(list(ks))
+        return clouds_for(store, ks)
+
+    run.model.point_encoder.train()  # the cache encodes in eval mode whatever the mode, and leaves it as it was
+    modes = [m.training for m in run.model.modules()]
+    assert cache.prefill(keys[::-1], points, 3, part=(1, 2)) == 3
+    assert seen == [keys[3:6]]  # batches [0:3], [3:6], [6:7] over the sorted keys; process 1 of 2 takes the second
+    assert [m.training for m in run.model.modules()] == modes and run.model.point_encoder.training
+    assert cache.prefill(keys, points, 3) == 4  # the batches with a miss; [3:6] is cached
+    assert seen[1:] == [keys[0:3], keys[6:7]]
+    assert cache.prefill(keys, points, 3) == 0
+    lazy = setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu"))).cache
+    one_by_one = lazy.qformer_outputs(keys, lambda ks: clouds_for(store, ks))
+    assert torch.allclose(cache.qformer_outputs(keys, points), one_by_one, rtol=1e-5, atol=1e-6)
+    # the cache encodes in its own precision (fp32 here), whatever autocast its caller runs under
+    inside = setup(cfg, chain, DistInfo(0, 1, 0, torch.device("cpu"))).cache
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(inside.qformer_outputs(keys, lambda ks: clouds_for(store, ks)), one_by_one)
+
+
+def test_bad_prefill_batch_is_refused(tiny_data, tmp_path, capsys):
+    args = ["train", str(CONFIGS / "stage1a.yaml"), "--out", str(tmp_path), f"data.root={tiny_data}"]
+    assert main([*args, "cache.prefill_batch=0"]) == 2
+    assert "cache.prefill_batch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

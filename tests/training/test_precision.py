@@ -203,3 +203,22 @@ def test_a_stage_on_a_bf16_llm_trains_fp32_weights_and_saves_them(fake_probe, ti
     assert llm and {v.dtype for v in llm.values()} == {torch.float32}
     model, cfg = load_model(tmp_path / "auto" / "stage1b")
     assert cfg.llm.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("chosen", ["fp32", "bf16"])
+def test_inference_autocast_gives_the_autocast_results_and_restores_the_marks(chosen):
+    from pointalign.training.precision import autocast, inference_autocast
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    net[0].weight.requires_grad_(False)  # a frozen part keeps its mark
+    x = torch.randn(5, 8)
+    with torch.no_grad(), autocast(chosen, "cpu"):
+        expected = [net(x), net(x * 2)]
+    with inference_autocast(chosen, "cpu", net):
+        got = [net(x), net(x * 2)]  # two forward passes in one region: the second reads the cached casts
+        assert all(p.requires_grad for p in net.parameters()) == (chosen == "bf16")
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert got[0].dtype == (torch.bfloat16 if chosen == "bf16" else torch.float32)
+    assert not any(g.requires_grad for g in got)
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]

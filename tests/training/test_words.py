@@ -89,3 +89,34 @@ def test_words_stage_refuses_a_feature_cache_while_the_qformer_trains(tiny_data,
     assert main([*args, "cache.kind=memory"]) == 2
     assert "the point encoder, bridge or Q-Former trains in this stage" in capsys.readouterr().err
     assert not (tmp_path / "stage1a").exists()
+
+
+def test_words_targets_of_a_colourless_cloud_leave_out_its_colour_words(tiny_data, tmp_path):
+    from pointalign.data.colour_words import colour_spans
+    from pointalign.training.distributed import DistInfo
+    from pointalign.training.loop import XYZ_ONLY
+    from pointalign.training.words import setup_words
+
+    overrides = [
+        f"data.root={tiny_data}",
+        "kind=words",
+        "init_from=null",
+        "data.colour_dropout=0.5",
+        "data.hide_dropped_colours=true",
+    ]
+    run = setup_words(
+        load_train_config(CONFIGS / "stage1a.yaml", overrides), tmp_path, DistInfo(0, 1, 0, torch.device("cpu"))
+    )
+    targets = run.aux["targets"]
+    captions = [c for c in targets if not c.endswith(XYZ_ONLY)]
+    assert captions and all(c + XYZ_ONLY in targets for c in captions)
+    coloured = [c for c in captions if colour_spans(c)]
+    assert coloured
+    assert all(set(targets[c + XYZ_ONLY]) <= set(targets[c]) for c in captions)  # the same words but the colours
+    assert any(set(targets[c + XYZ_ONLY]) < set(targets[c]) for c in coloured)
+    off = setup_words(
+        load_train_config(CONFIGS / "stage1a.yaml", [*overrides, "data.hide_dropped_colours=false"]),
+        tmp_path,
+        DistInfo(0, 1, 0, torch.device("cpu")),
+    )
+    assert not any(c.endswith(XYZ_ONLY) for c in off.aux["targets"])

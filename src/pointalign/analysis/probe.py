@@ -33,7 +33,7 @@ from pointalign.models.llm import decoder_layers, decoder_stack
 from pointalign.models.point_encoder import reduce_points
 from pointalign.models.pointalign import PointAlignModel, position_ids
 from pointalign.models.projector import AlignmentProjector
-from pointalign.training.precision import autocast
+from pointalign.training.precision import inference_autocast
 
 PROBE_PROMPT = "What is this?"
 
@@ -112,17 +112,17 @@ def point_states(
     model.eval()
     device = next(model.parameters()).device
     pooled, kept, queries = [], [], []
-    for i in range(0, len(clouds), batch_size):
-        chunk = clouds[i : i + batch_size]
-        with autocast(precision, device.type):
+    with inference_autocast(precision, device.type, model):  # each weight cast to bf16 once for all the batches
+        for i in range(0, len(clouds), batch_size):
+            chunk = clouds[i : i + batch_size]
             batch, feats, out = prompt_forward(model, chunk, output_hidden_states=True)
-        hidden = out.hidden_states  # L+1 tensors (B, T, D)
-        rows = torch.arange(len(chunk), device=device)[:, None]
-        tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
-        pooled.append(torch.stack([t.mean(dim=1) for t in tokens]).cpu())
-        if layers:
-            kept.append(torch.stack([tokens[layer] for layer in layers]).cpu())
-        queries.append(feats.qformer_out.float().cpu())
+            hidden = out.hidden_states  # L+1 tensors (B, T, D)
+            rows = torch.arange(len(chunk), device=device)[:, None]
+            tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
+            pooled.append(torch.stack([t.mean(dim=1) for t in tokens]).cpu())
+            if layers:
+                kept.append(torch.stack([tokens[layer] for layer in layers]).cpu())
+            queries.append(feats.qformer_out.float().cpu())
     return torch.cat(pooled, dim=1), torch.cat(kept, dim=1) if layers else torch.empty(0), torch.cat(queries)
 
 

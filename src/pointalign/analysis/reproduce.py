@@ -29,7 +29,7 @@ from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_c
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError, DataError
 from pointalign.eval.metrics import DEFAULT_SBERT, sbert_label
-from pointalign.training.precision import PrecisionChoice, autocast, requested_precision
+from pointalign.training.precision import PrecisionChoice, inference_autocast, requested_precision
 
 EVAL_RUNS: tuple[tuple[str, int], ...] = (
     ("cls-closed", 0),
@@ -192,7 +192,7 @@ def _run_task(model, task: str, prompt: int, root: Path, ckpt: Path, plan: Plan,
     from pointalign.eval.tasks import evaluate
 
     generation = GenerationConfig.greedy(plan.max_new_tokens(task))
-    with autocast(eval_precision(plan).chosen, "cpu"):
+    with inference_autocast(eval_precision(plan).chosen, "cpu", model):
         return evaluate(model, task, prompt, root, ckpt, generation, plan.eval_batch_size, file_points, plan.eval_limit)
 
 

@@ -15,7 +15,7 @@ Notation used for tensor shapes: B batch, L tokens, Q point tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,8 +96,17 @@ class PromptBuilder:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     # -- encoding ------------------------------------------------------------------------------------------------
-    def encode(self, turns: Sequence[Turn], question: str | None = None) -> EncodedPrompt:
-        """Tokenise a dialogue. With ``question`` the result is a generation prompt for it (answers so far kept)."""
+    def encode(
+        self,
+        turns: Sequence[Turn],
+        question: str | None = None,
+        *,
+        hide: Callable[[str], list[tuple[int, int]]] | None = None,
+    ) -> EncodedPrompt:
+        """Tokenise a dialogue. With ``question`` the result is a generation prompt for it (answers so far kept).
+
+        ``hide`` maps an answer's text to character spans whose tokens carry no loss (e.g. the colour words of a
+        cloud that lost its colours); the tokens are the same, only their labels become IGNORE_INDEX."""
         generation = question is not None
         if self.cfg.style == "chat":
             prefix, pieces = [], self._chat_pieces(turns, question)
@@ -106,18 +115,25 @@ class PromptBuilder:
         ids: list[int] = list(prefix)
         labels: list[int] = [IGNORE_INDEX] * len(prefix)
         point_start = -1
+        first_answer = -1  # index of the first token of the first supervised piece
         for text, supervised in pieces:
             if text is None:
                 point_start = len(ids)
                 ids += [self.pad_id] * self.num_point_tokens
                 labels += [IGNORE_INDEX] * self.num_point_tokens
                 continue
-            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if supervised and hide is not None and (spans := hide(text)):
+                piece, piece_labels = self._tokenize_hiding(text, spans)
+            else:
+                piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                piece_labels = piece if supervised else [IGNORE_INDEX] * len(piece)
+            if supervised and first_answer < 0 and piece:
+                first_answer = len(ids)
             ids += piece
-            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+            labels += piece_labels
         if generation:  # nothing is supervised in a generation prompt; the answer starts where it ends
             labels = [IGNORE_INDEX] * len(ids)
-        answer_start = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
+        answer_start = len(ids) if generation or first_answer < 0 else first_answer  # a hidden word does not move it
         if not generation and answer_start == len(ids):
             raise ValueError("PromptBuilder: a training dialogue needs at least one answer")
         if len(ids) > self.cfg.max_length:
@@ -125,6 +141,18 @@ class PromptBuilder:
                 f"PromptBuilder: dialogue of {len(ids)} tokens exceeds prompt.max_length={self.cfg.max_length}"
             )
         return EncodedPrompt(ids, labels, point_start, answer_start)
+
+    def _tokenize_hiding(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """``text``'s token ids and labels, IGNORE_INDEX for every token that overlaps one of ``spans``."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("PromptBuilder: hiding answer words needs a fast tokenizer (token offsets)")
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        labels = [
+            IGNORE_INDEX if any(a < e and s < b for s, e in spans) else t
+            for t, (a, b) in zip(ids, enc["offset_mapping"])
+        ]
+        return ids, labels
 
     def _chat_pieces(self, turns: Sequence[Turn], question: str | None) -> list[Piece]:
         """The dialogue rendered by the chat template, cut at the point placeholder and at every answer's bounds."""

@@ -53,8 +53,12 @@ class DataConfig:
     fraction: float = 1.0  # train on a deterministic subset of each dataset (data-efficiency study)
     fraction_seed: int = 0  # which subset: the same seed gives the same objects for every run
     # Zero a training cloud's colours with this probability, so that the model also learns from xyz-only clouds
-    # (ModelNet40's test clouds, and many users' scans, have no colour). The answer text is left as it is.
+    # (ModelNet40's test clouds, and many users' scans, have no colour).
     colour_dropout: float = 0.0
+    # For a cloud that lost its colours, its answers' colour words (data/colour_words.py) carry no loss and the
+    # `words` stage leaves them out of its targets (the cloud cannot show them). Off by default: on cpu-small's 1a-2
+    # it did not make the LLM name colours more often (111 against 117 of 200; README, tuning table).
+    hide_dropped_colours: bool = False
 
     def __post_init__(self) -> None:
         if not self.mixture:
@@ -157,6 +161,18 @@ class CacheConfig:
     # auto = memory when the point encoder, bridge, Q-Former and query experts are all frozen
     kind: Literal["auto", "none", "memory", "disk"] = "auto"
     dir: str | None = None  # for "disk": default <out>/<stage>/feature_cache
+    # Encode every cloud the stage can draw before its first step, in batches of `prefill_batch` over the sorted
+    # cloud keys, instead of one cloud at a time when a step first draws it (on cpu-small a cloud costs about half
+    # as much at batch 32: `python benchmarks/feature_cache.py`). The batches are fixed by the data, not by the
+    # order of the draws, so a resumed run reads the same features. Worth it where the stage draws nearly every
+    # cloud anyway (cpu-small's 1a: 1000 steps of 32 over 1200 objects); a short stage on a large dataset would
+    # encode clouds it never draws.
+    prefill: bool = False
+    prefill_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.prefill_batch <= 0:
+            raise ConfigError(f"cache.prefill_batch: must be > 0, got {self.prefill_batch}")
 
 
 @dataclass

@@ -5,14 +5,17 @@ on cpu-small, from stage 1a on; its outputs, the Q-Former outputs (Q, Dq) of eac
 projector runs on them at every step (it is two Linears, and trains in stages 1a-1c). The key hashes every tensor of
 the cached parts and the point preprocessing, so a changed checkpoint or setting never reads stale features. Each
 cloud is encoded on its own, so its features are the same whatever batch it first appeared in (which keeps resumed
-runs exact).
+runs exact). ``prefill`` encodes many clouds at once instead, in batches fixed by the sorted keys of every cloud the
+stage can draw, which is as exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,10 +46,17 @@ def vision_key(model: PointAlignModel, extra: str) -> str:
 class FeatureCache:
     """Memory or disk cache of the Q-Former outputs (Q, Dq) per cloud key."""
 
-    def __init__(self, model: PointAlignModel, kind: str, extra: str, disk_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: PointAlignModel,
+        kind: str,
+        extra: str,
+        disk_dir: Path | None = None,
+        precision: Literal["fp32", "bf16"] = "fp32",
+    ) -> None:
         if not encoder_side_frozen(model):
             raise ValueError("the feature cache needs a frozen point encoder, bridge, Q-Former and query experts")
-        self.model, self.kind = model, kind
+        self.model, self.kind, self.precision = model, kind, precision
         self.key = vision_key(model, extra)
         self.memory: dict[str, torch.Tensor] = {}
         self.dir = (disk_dir / self.key) if (kind == "disk" and disk_dir is not None) else None
@@ -62,6 +72,28 @@ class FeatureCache:
             return self.memory[object_id]
         return None
 
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The cached parts in eval mode (no dropout, BatchNorm's running statistics) and in the cache's precision
+        (bf16 autocast, or none even inside a caller's autocast) while they encode; their modes are restored after."""
+        modes = [(m, m.training) for _, part in _cached_parts(self.model) for m in part.modules()]
+        for m, _ in modes:
+            m.eval()
+        device = next(self.model.point_encoder.parameters()).device.type
+        try:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                yield
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def _store(self, object_id: str, features: torch.Tensor) -> None:
+        self.memory[object_id] = features
+        if self.dir is not None:
+            tmp = self.dir / f".{object_id}.tmp"
+            save_file({"qformer_out": features.contiguous()}, str(tmp))
+            tmp.rename(self.dir / f"{object_id}.safetensors")
+
     @torch.no_grad()
     def qformer_outputs(self, object_ids: list[str], points: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """(B, Q, Dq) Q-Former outputs for ``object_ids``; ``points(ids)`` gives (n, P, F) clouds for the ones not
@@ -72,13 +104,39 @@ class FeatureCache:
             if got is None:
                 self.misses += 1
                 device = next(self.model.point_encoder.parameters()).device
-                got = self.model.query_outputs(points([oid]).to(device))[0].detach().cpu()  # (Q, Dq)
-                self.memory[oid] = got
-                if self.dir is not None:
-                    tmp = self.dir / f".{oid}.tmp"
-                    save_file({"qformer_out": got.contiguous()}, str(tmp))
-                    tmp.rename(self.dir / f"{oid}.safetensors")
+                with self._inference():
+                    got = self.model.query_outputs(points([oid]).to(device))[0].detach().cpu()  # (Q, Dq)
+                self._store(oid, got)
             else:
                 self.hits += 1
             out.append(got)
         return torch.stack(out)
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        keys: list[str],
+        points: Callable[[list[str]], torch.Tensor],
+        batch_size: int,
+        part: tuple[int, int] = (0, 1),
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Encode ``keys`` in batches of ``batch_size`` over their sorted order (the batches do not depend on what is
+        cached already, so a cloud's features are the same whichever process or run computed them); a batch whose
+        keys are all cached is skipped. ``part = (rank, world)`` takes every world-th batch, for processes that share
+        a disk cache. ``progress(n)`` is called with each batch's size. Returns the number of clouds encoded."""
+        ordered = sorted(set(keys))
+        device = next(self.model.point_encoder.parameters()).device
+        encoded = 0
+        rank, world = part
+        for i, start in enumerate(range(0, len(ordered), batch_size)):
+            chunk = ordered[start : start + batch_size]
+            if i % world == rank and any(self._load(k) is None for k in chunk):
+                with self._inference():
+                    feats = self.model.query_outputs(points(chunk).to(device)).detach().cpu()  # (n, Q, Dq)
+                for k, got in zip(chunk, feats):
+                    self._store(k, got.clone())
+                encoded += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return encoded

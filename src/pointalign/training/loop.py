@@ -24,6 +24,7 @@ from torch import nn
 
 from pointalign.checkpoint import CONFIG, checkpoint_chain, load_state_into, read_checkpoint_meta, save_checkpoint
 from pointalign.config import ModelConfig, apply_overrides, preset
+from pointalign.data.colour_words import colour_spans
 from pointalign.errors import CheckpointError, ConfigError
 from pointalign.models.builders import build_model
 from pointalign.models.pointalign import PointAlignModel
@@ -224,7 +225,9 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoic
         points = f"{cfg.data.root}|{cfg.data.file_points}|{cfg.data.resample}|{model_cfg.encoder.num_points}"
         extra = f"{points}|{precision.chosen}"  # the resolved precision: an "auto" run keys by what it ran in
         disk = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
-        cache = FeatureCache(model, "disk" if cfg.cache.kind == "disk" else "memory", extra, disk)
+        cache = FeatureCache(model, "disk" if cfg.cache.kind == "disk" else "memory", extra, disk, precision.chosen)
+        if cfg.cache.prefill:
+            prefill_cache(cache, data, store, cfg, dist)
     optimizer = build_optimizer(model, cfg.optim)
     return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache, precision)
 
@@ -235,6 +238,22 @@ def autocast(run: StageRun) -> contextlib.AbstractContextManager:
 
 
 XYZ_ONLY = "#xyz"  # suffix of a cloud key whose colours are zeroed (and of its feature-cache entry)
+
+
+def prefill_cache(cache: FeatureCache, data: MixtureData, store: PointStore, cfg: TrainConfig, dist: DistInfo) -> None:
+    """Encode every cloud key the stage can draw (each object, and its xyz-only copy where colours are dropped) into
+    ``cache`` in fixed batches; processes sharing a disk cache split the batches, the others each encode all."""
+    from tqdm import tqdm
+
+    ids = sorted({r.object_id for _, records in data.sources for r in records})
+    keys = [] if cfg.data.colour_dropout >= 1.0 else list(ids)
+    keys += [f"{oid}{XYZ_ONLY}" for oid in ids] if cfg.data.colour_dropout > 0.0 else []
+    shared = cache.dir is not None
+    part = (dist.rank, dist.world) if shared else (0, 1)
+    with tqdm(total=len(keys), desc="feature cache", unit="cloud", disable=None if dist.main else True) as bar:
+        cache.prefill(keys, lambda ks: clouds_for(store, ks), cfg.cache.prefill_batch, part, bar.update)
+    if shared:
+        barrier(dist)
 
 
 def cloud_keys(object_ids: list[str], colour_dropout: float) -> list[str]:
@@ -259,8 +278,10 @@ def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     """One optimizer step of an instruction stage; returns the metrics of the step."""
     name, records = run.data.next_batch()
     builder = run.model.builder
-    batch = builder.collate([builder.encode(r.turns) for r in records], padding_side="right").to(run.dist.device)
     keys = cloud_keys([r.object_id for r in records], run.cfg.data.colour_dropout)
+    hidden = [k.endswith(XYZ_ONLY) and run.cfg.data.hide_dropped_colours for k in keys]
+    encoded = [builder.encode(r.turns, hide=colour_spans if h else None) for r, h in zip(records, hidden)]
+    batch = builder.collate(encoded, padding_side="right").to(run.dist.device)
     with autocast(run):
         if run.cache is not None:
             queries = run.cache.qformer_outputs(keys, lambda ks: clouds_for(run.store, ks))  # (B, Q, Dq)

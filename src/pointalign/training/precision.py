@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -163,6 +164,34 @@ def autocast(chosen: Resolved, device_type: str) -> contextlib.AbstractContextMa
     if chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Module) -> Iterator[None]:
+    """``autocast`` for many gradient-free forward passes of ``module`` (evaluation, probes): the same results, each
+    weight cast to bf16 once for the whole region instead of at every use.
+
+    bf16 autocast casts an fp32 weight at every op that uses it and keeps the cast only for tensors that require
+    grad (its cast cache), so a frozen or inference model pays the cast of all its weights at every forward step
+    (every generated token). Here every float parameter is marked as requiring grad for the region, so the cache
+    holds the casts; gradients stay off (the region runs under ``torch.no_grad``) and the marks are restored after.
+    For fp32 this is ``torch.no_grad`` alone."""
+    import torch
+
+    if chosen == "fp32":
+        with torch.no_grad():
+            yield
+        return
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    marks = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for p, mark in zip(params, marks):
+            p.requires_grad_(mark)
 
 
 def for_llm_dtype(choice: PrecisionChoice, requested: str, llm_dtype: str) -> PrecisionChoice:

@@ -9,7 +9,8 @@ A word's score is its best point token's, ``s_w = max_k cos(t_k, E_w) / words.te
 cross-entropy of the caption's own words under the softmax of ``s`` over the vocabulary, averaged over them. Only
 what the stage's ``trainable`` names trains (the projector); the LLM is never run. With everything before the
 projector frozen, the feature cache (``cache.kind: auto``) computes the Q-Former outputs once per cloud, so after the
-first pass over the clouds a step costs the projector and one (B, Q, W) similarity.
+first pass over the clouds a step costs the projector and one (B, Q, W) similarity. With ``data.hide_dropped_colours``
+a cloud whose colours were dropped is scored on its caption's words without the colour words.
 
 ``WORDS`` is the stage kind that ``training/run.py`` hands to the loop.
 """
@@ -23,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointalign.data.colour_words import strip_colour_words
 from pointalign.errors import ConfigError
 from pointalign.training.config import TrainConfig
 from pointalign.training.distributed import DistInfo, all_reduce_mean, average_gradients
-from pointalign.training.loop import StageKind, StageRun, autocast, cloud_keys, clouds_for, setup
+from pointalign.training.loop import XYZ_ONLY, StageKind, StageRun, autocast, cloud_keys, clouds_for, setup
 from pointalign.training.precision import PrecisionChoice
 
 
@@ -59,6 +61,11 @@ def setup_words(cfg: TrainConfig, out: Path, dist: DistInfo, precision: Precisio
     run = setup(cfg, out, dist, precision)
     captions = sorted({r.turns[0][1] for _, recs in run.data.sources for r in recs})
     keep, targets = caption_words(captions, run.model.tokenizer, cfg.words.max_df)
+    if cfg.data.hide_dropped_colours and cfg.data.colour_dropout > 0:  # a colourless cloud's targets: no colour words
+        index = {t: i for i, t in enumerate(keep)}
+        for c in captions:
+            ids = run.model.tokenizer(" " + strip_colour_words(c).lower(), add_special_tokens=False)["input_ids"]
+            targets[c + XYZ_ONLY] = [index[t] for t in sorted(set(ids)) if t in index]
     table = run.model.llm.get_input_embeddings().weight.detach()
     vocab = F.normalize(table[torch.tensor(keep, device=table.device)].float(), dim=-1)  # (W, D)
     run.aux.update(vocab=vocab, targets=targets)
@@ -77,7 +84,11 @@ def words_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
         else:
             queries = model.query_outputs(clouds_for(run.store, keys).to(run.dist.device))  # (B, Q, Dq)
         tokens = model.projector(queries)  # (B, Q, D)
-    targets = [run.aux["targets"][r.turns[0][1]] for r in records]
+    hide = run.cfg.data.hide_dropped_colours
+    targets = [
+        run.aux["targets"][r.turns[0][1] + (XYZ_ONLY if hide and k.endswith(XYZ_ONLY) else "")]
+        for r, k in zip(records, keys)
+    ]
     loss = word_loss(tokens, run.aux["vocab"], targets, run.cfg.words.temperature)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
