@@ -108,8 +108,12 @@ def test_eval_cli_precision_auto_logs_its_choice_and_runs_under_it(tiny_ckpt, ti
     monkeypatch.setattr(precision, "_MEASURED", {})
     monkeypatch.setattr(precision, "time_probe", lambda device: (20.0, 10.0))  # bf16 twice as fast here
     seen = []
-    real = precision.autocast
-    monkeypatch.setattr(precision, "autocast", lambda chosen, device: seen.append(chosen) or real(chosen, device))
+    real = precision.inference_autocast
+    monkeypatch.setattr(
+        precision,
+        "inference_autocast",
+        lambda chosen, device, model: seen.append(chosen) or real(chosen, device, model),
+    )
     args = ["eval", "--checkpoint", str(tiny_ckpt), "--task", "cls-closed", "--prompt-index", "0", "--greedy"]
     args += ["--data-root", str(tiny_data), "--file-points", "256", "--limit", "2", "--out", str(tmp_path)]
     assert main([*args, "--precision", "auto"]) == 0
