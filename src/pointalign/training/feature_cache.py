@@ -73,19 +73,24 @@ class FeatureCache:
         return None
 
     @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
+    def _inference(self, device_type: str) -> Iterator[None]:
         """The cached parts in eval mode (no dropout, BatchNorm's running statistics) and in the cache's precision
         (bf16 autocast, or none even inside a caller's autocast) while they encode; their modes are restored after."""
         modes = [(m, m.training) for _, part in _cached_parts(self.model) for m in part.modules()]
         for m, _ in modes:
             m.eval()
-        device = next(self.model.point_encoder.parameters()).device.type
         try:
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 yield
         finally:
             for m, training in modes:
                 m.training = training
+
+    def _encode(self, keys: list[str], points: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """(n, Q, Dq) Q-Former outputs of ``points(keys)``, computed as every cached feature is (``_inference``)."""
+        device = next(self.model.point_encoder.parameters()).device
+        with self._inference(device.type):
+            return self.model.query_outputs(points(keys).to(device)).detach().cpu()
 
     def _store(self, object_id: str, features: torch.Tensor) -> None:
         self.memory[object_id] = features
@@ -103,9 +108,7 @@ class FeatureCache:
             got = self._load(oid)
             if got is None:
                 self.misses += 1
-                device = next(self.model.point_encoder.parameters()).device
-                with self._inference():
-                    got = self.model.query_outputs(points([oid]).to(device))[0].detach().cpu()  # (Q, Dq)
+                got = self._encode([oid], points)[0]  # (Q, Dq)
                 self._store(oid, got)
             else:
                 self.hits += 1
@@ -126,15 +129,12 @@ class FeatureCache:
         keys are all cached is skipped. ``part = (rank, world)`` takes every world-th batch, for processes that share
         a disk cache. ``progress(n)`` is called with each batch's size. Returns the number of clouds encoded."""
         ordered = sorted(set(keys))
-        device = next(self.model.point_encoder.parameters()).device
         encoded = 0
         rank, world = part
         for i, start in enumerate(range(0, len(ordered), batch_size)):
             chunk = ordered[start : start + batch_size]
             if i % world == rank and any(self._load(k) is None for k in chunk):
-                with self._inference():
-                    feats = self.model.query_outputs(points(chunk).to(device)).detach().cpu()  # (n, Q, Dq)
-                for k, got in zip(chunk, feats):
+                for k, got in zip(chunk, self._encode(chunk, points)):  # (Q, Dq) each
                     self._store(k, got.clone())
                 encoded += len(chunk)
             if progress is not None:

@@ -279,8 +279,8 @@ def train_step(run: StageRun, forward: nn.Module) -> dict[str, float]:
     name, records = run.data.next_batch()
     builder = run.model.builder
     keys = cloud_keys([r.object_id for r in records], run.cfg.data.colour_dropout)
-    hidden = [k.endswith(XYZ_ONLY) and run.cfg.data.hide_dropped_colours for k in keys]
-    encoded = [builder.encode(r.turns, hide=colour_spans if h else None) for r, h in zip(records, hidden)]
+    hide = colour_spans if run.cfg.data.hide_dropped_colours else None  # only for the clouds without colours
+    encoded = [builder.encode(r.turns, hide=hide if k.endswith(XYZ_ONLY) else None) for r, k in zip(records, keys)]
     batch = builder.collate(encoded, padding_side="right").to(run.dist.device)
     with autocast(run):
         if run.cache is not None:

@@ -32,12 +32,17 @@ from pointalign.training.loop import XYZ_ONLY, StageKind, StageRun, autocast, cl
 from pointalign.training.precision import PrecisionChoice
 
 
+def word_tokens(text: str, tokenizer) -> list[int]:
+    """The distinct token ids of ``text`` lower-cased and read with a leading space, as it appears mid-sentence."""
+    return sorted(set(tokenizer(" " + text.lower(), add_special_tokens=False)["input_ids"]))
+
+
 def caption_words(captions: list[str], tokenizer, max_df: float) -> tuple[list[int], dict[str, list[int]]]:
     """The caption vocabulary (token ids) and each caption's words as indices into it.
 
-    Captions are lower-cased and read with a leading space; tokens found in more than ``max_df`` of the captions
-    are left out of both."""
-    tokens = {c: sorted(set(tokenizer(" " + c.lower(), add_special_tokens=False)["input_ids"])) for c in captions}
+    Captions are read by ``word_tokens``; tokens found in more than ``max_df`` of the captions are left out of
+    both."""
+    tokens = {c: word_tokens(c, tokenizer) for c in captions}
     df = Counter(t for ids in tokens.values() for t in ids)
     keep = sorted(t for t, n in df.items() if n <= max_df * len(captions))
     if not keep:
@@ -64,8 +69,8 @@ def setup_words(cfg: TrainConfig, out: Path, dist: DistInfo, precision: Precisio
     if cfg.data.hide_dropped_colours and cfg.data.colour_dropout > 0:  # a colourless cloud's targets: no colour words
         index = {t: i for i, t in enumerate(keep)}
         for c in captions:
-            ids = run.model.tokenizer(" " + strip_colour_words(c).lower(), add_special_tokens=False)["input_ids"]
-            targets[c + XYZ_ONLY] = [index[t] for t in sorted(set(ids)) if t in index]
+            ids = word_tokens(strip_colour_words(c), run.model.tokenizer)
+            targets[c + XYZ_ONLY] = [index[t] for t in ids if t in index]
     table = run.model.llm.get_input_embeddings().weight.detach()
     vocab = F.normalize(table[torch.tensor(keep, device=table.device)].float(), dim=-1)  # (W, D)
     run.aux.update(vocab=vocab, targets=targets)
