@@ -329,6 +329,33 @@ def test_prefilled_cache_holds_every_drawable_cloud_and_trains_as_the_lazy_one(c
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
 
 
+def test_a_stage_that_adds_xyz_only_clouds_to_a_prefilled_cache_encodes_only_those(
+    chain, tiny_data, tmp_path, monkeypatch
+):
+    """Stage 1a without colour dropout fills the cache with the coloured clouds; a later stage with dropout encodes
+    the xyz-only copies in batches of their own and not one coloured cloud again."""
+    from pointalign.training.feature_cache import FeatureCache
+    from pointalign.training.loop import XYZ_ONLY
+
+    encoded: list[list[str]] = []
+    original = FeatureCache._encode
+
+    def recording(self, keys, points):
+        encoded.append(list(keys))
+        return original(self, keys, points)
+
+    monkeypatch.setattr(FeatureCache, "_encode", recording)
+    base = [f"data.root={tiny_data}", "cache.kind=disk", f"cache.dir={tmp_path}", "cache.prefill=true"]
+    cpu = DistInfo(0, 1, 0, torch.device("cpu"))
+    run = setup(load_train_config(CONFIGS / "stage2.yaml", [*base, "data.colour_dropout=0"]), chain, cpu)
+    ids = sorted({r.object_id for _, records in run.data.sources for r in records})
+    assert sorted(k for batch in encoded for k in batch) == ids
+    encoded.clear()
+    setup(load_train_config(CONFIGS / "stage2.yaml", [*base, "data.colour_dropout=0.5"]), chain, cpu)
+    assert encoded and all(k.endswith(XYZ_ONLY) for batch in encoded for k in batch)
+    assert sorted(k for batch in encoded for k in batch) == sorted(i + XYZ_ONLY for i in ids)
+
+
 def test_prefill_batches_are_fixed_by_the_keys_and_split_by_process(chain, tiny_data):
     from pointalign.training.loop import clouds_for
 

@@ -222,3 +222,87 @@ def test_inference_autocast_gives_the_autocast_results_and_restores_the_marks(ch
     assert got[0].dtype == (torch.bfloat16 if chosen == "bf16" else torch.float32)
     assert not any(g.requires_grad for g in got)
     assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]
+
+
+# -- frozen LLM weights held in bf16 for the steps of a bf16 stage ----------------------------------------------------
+
+
+def test_frozen_casts_hold_the_frozen_linear_weights_and_give_the_same_step(tiny_config):
+    from pointalign.models.builders import build_model
+    from pointalign.training.precision import FrozenCasts, autocast
+    from pointalign.training.stages import STAGES, apply_trainable
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config)
+    apply_trainable(model, STAGES["stage2"])  # LLM LoRA + norms and the alignment projector train
+    casts = FrozenCasts(model.llm)
+    held = {id(w) for w in casts.weights}
+    names = [n for n, p in model.llm.named_parameters() if id(p) in held]
+    linears = [(n, m) for n, m in model.llm.named_modules() if isinstance(m, torch.nn.Linear)]
+    frozen_linears = [f"{n}.weight" for n, m in linears if not m.weight.requires_grad]
+    assert any(n.endswith("base_layer.weight") for n in names)  # the frozen bases of the LoRA Linears, and the rest
+    assert names == [n for n in frozen_linears if "lm_head" not in n] and all(".layers." in n for n in names)
+    head = model.llm.get_output_embeddings().weight
+    assert head is model.llm.get_input_embeddings().weight and id(head) not in held  # tied: read outside autocast
+    assert not any(p.requires_grad for p in casts.weights)
+    fp32 = [w.detach().clone() for w in casts.weights]
+    storage = [w.data_ptr() for w in casts.weights]
+    batch = model.builder.collate([model.builder.encode([("What is this?", "A red ball.")])] * 2, "right")
+    points = torch.randn(2, tiny_config.encoder.num_points, 6)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks in both
+        with autocast("bf16", "cpu"):
+            out = model(batch, points=points)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in trainable]
+
+    loss, grads = loss_and_grads()
+    casts.hold()
+    casts.hold()  # a second hold keeps the first one's fp32 tensors
+    assert casts.held and {w.dtype for w in casts.weights} == {torch.bfloat16}
+    held_loss, held_grads = loss_and_grads()
+    casts.release()
+    assert torch.equal(loss, held_loss) and all(torch.equal(a, b) for a, b in zip(grads, held_grads))
+    assert not casts.held and [w.data_ptr() for w in casts.weights] == storage  # the fp32 tensors themselves, back
+    assert all(w.dtype == torch.float32 and torch.equal(w, d) for w, d in zip(casts.weights, fp32))
+    casts.release()  # nothing held: nothing to do
+
+
+def test_a_bf16_stage_steps_on_held_casts_and_saves_what_fp32_weights_give(tiny_data, tmp_path, monkeypatch):
+    """Stage 1b in bf16 with and without the held casts: the same losses and the same saved weights; the steps saw
+    bf16 base weights, the checkpoint and the model after the loop fp32 ones."""
+    from pointalign.training import loop
+    from pointalign.training.precision import FrozenCasts
+
+    seen: list[set[torch.dtype]] = []
+    step = loop.train_step
+
+    def recording_step(run, forward):
+        seen.append({w.dtype for w in run.casts.weights} if run.casts is not None else set())
+        return step(run, forward)
+
+    import dataclasses
+
+    from pointalign.training import run as run_module
+
+    monkeypatch.setitem(run_module.KINDS, "instruct", dataclasses.replace(loop.INSTRUCT, step=recording_step))
+    args = ["train", str(CONFIGS / "stage1b.yaml"), f"data.root={tiny_data}", "init_from=null", "preset=tiny"]
+    args += ["precision=bf16", "optim.steps=3", "checkpoint_every=2"]
+    assert main([*args, "--out", str(tmp_path / "held")]) == 0
+    assert seen == [{torch.bfloat16}] * 3
+    monkeypatch.setattr(FrozenCasts, "hold", lambda self: None)
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    from safetensors.torch import load_file
+
+    def losses(out: str) -> list[float]:
+        lines = (tmp_path / out / "logs" / "stage1b" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines]
+
+    assert losses("held") == losses("plain") and len(losses("held")) == 3
+    held = load_file(tmp_path / "held" / "stage1b" / "model.safetensors")
+    plain = load_file(tmp_path / "plain" / "stage1b" / "model.safetensors")
+    assert held.keys() == plain.keys() and all(torch.equal(held[k], plain[k]) for k in held)
+    assert {v.dtype for v in held.values() if v.is_floating_point()} == {torch.float32}

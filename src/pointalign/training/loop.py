@@ -33,7 +33,7 @@ from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from pointalign.training.feature_cache import FeatureCache, encoder_side_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
-from pointalign.training.precision import PrecisionChoice, for_llm_dtype, resolve_precision
+from pointalign.training.precision import FrozenCasts, PrecisionChoice, for_llm_dtype, resolve_precision
 from pointalign.training.precision import autocast as precision_autocast
 from pointalign.training.stages import apply_trainable
 
@@ -143,6 +143,7 @@ class StageRun:
     step: int = 0
     extra_modules: dict[str, nn.Module] = field(default_factory=dict)  # e.g. stage 0's projection head
     aux: dict[str, Any] = field(default_factory=dict)  # per-kind working state (stage 0: text bank, test split)
+    casts: FrozenCasts | None = None  # a bf16 stage that runs the LLM: its frozen Linear weights held in bf16
 
     @property
     def stage_dir(self) -> Path:
@@ -229,7 +230,8 @@ def setup(cfg: TrainConfig, out: Path, dist: DistInfo, precision: PrecisionChoic
         if cfg.cache.prefill:
             prefill_cache(cache, data, store, cfg, dist)
     optimizer = build_optimizer(model, cfg.optim)
-    return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache, precision)
+    casts = FrozenCasts(model.llm) if precision.chosen == "bf16" and cfg.kind == "instruct" else None
+    return StageRun(cfg, out, dist, model, model_cfg, parent, optimizer, data, store, cache, precision, casts=casts)
 
 
 def autocast(run: StageRun) -> contextlib.AbstractContextManager:
@@ -242,16 +244,20 @@ XYZ_ONLY = "#xyz"  # suffix of a cloud key whose colours are zeroed (and of its 
 
 def prefill_cache(cache: FeatureCache, data: MixtureData, store: PointStore, cfg: TrainConfig, dist: DistInfo) -> None:
     """Encode every cloud key the stage can draw (each object, and its xyz-only copy where colours are dropped) into
-    ``cache`` in fixed batches; processes sharing a disk cache split the batches, the others each encode all."""
+    ``cache`` in fixed batches, the coloured clouds and the xyz-only ones each in their own (so a stage that adds the
+    xyz-only copies to a cache of the coloured clouds encodes only those); processes sharing a disk cache split the
+    batches, the others each encode all."""
     from tqdm import tqdm
 
     ids = sorted({r.object_id for _, records in data.sources for r in records})
-    keys = [] if cfg.data.colour_dropout >= 1.0 else list(ids)
-    keys += [f"{oid}{XYZ_ONLY}" for oid in ids] if cfg.data.colour_dropout > 0.0 else []
+    groups = [] if cfg.data.colour_dropout >= 1.0 else [list(ids)]
+    groups += [[f"{oid}{XYZ_ONLY}" for oid in ids]] if cfg.data.colour_dropout > 0.0 else []
     shared = cache.dir is not None
     part = (dist.rank, dist.world) if shared else (0, 1)
-    with tqdm(total=len(keys), desc="feature cache", unit="cloud", disable=None if dist.main else True) as bar:
-        cache.prefill(keys, lambda ks: clouds_for(store, ks), cfg.cache.prefill_batch, part, bar.update)
+    total = sum(len(g) for g in groups)
+    with tqdm(total=total, desc="feature cache", unit="cloud", disable=None if dist.main else True) as bar:
+        for keys in groups:
+            cache.prefill(keys, lambda ks: clouds_for(store, ks), cfg.cache.prefill_batch, part, bar.update)
     if shared:
         barrier(dist)
 
@@ -323,6 +329,8 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
         while run.step < cfg.optim.steps:
             lr = lr_at(run.step, cfg.optim)
             set_lr(run.optimizer, lr)
+            if run.casts is not None:
+                run.casts.hold()  # once, and again after each checkpoint
             t = time.perf_counter()
             metrics = step_fn(run, forward)
             elapsed = time.perf_counter() - t
@@ -341,9 +349,13 @@ def fit(run: StageRun, step_fn: Callable[[StageRun, nn.Module], dict[str, float]
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k.endswith("loss") or k == "accuracy"})
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
+                if run.casts is not None:
+                    run.casts.release()  # the checkpoint and whatever follows the loop see the fp32 weights
                 save_run(run, complete=run.step == cfg.optim.steps)
                 barrier(run.dist)
     finally:
+        if run.casts is not None:
+            run.casts.release()
         bar.close()
         log.close()
 

@@ -194,6 +194,55 @@ def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Modu
             p.requires_grad_(mark)
 
 
+class FrozenCasts:
+    """bf16 training steps with each frozen fp32 Linear weight of ``module`` held as its bf16 cast.
+
+    Autocast casts an fp32 weight to bf16 at every op that uses it and caches the cast only for tensors that require
+    grad, so in a stage whose base LLM is frozen every step re-casts all of its Linear weights (the cpu-small LLM:
+    106 M). The cast autocast would make is a fixed function of a frozen weight, so holding it for the stage gives the
+    same matmuls, the same losses and the same gradients of the trainable weights, without the per-step casts.
+
+    ``hold()`` swaps each such weight's data for its bf16 copy (once; later calls do nothing until a ``release()``),
+    ``release()`` puts the fp32 data back: before a checkpoint is written, and at the end. Left alone: weights that
+    require grad, weights not in fp32 (a 16-bit LLM), and weights that a module other than a Linear also owns (a tied
+    output head shares the input-embedding table, which is read outside autocast)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        import torch
+
+        owned_elsewhere = {
+            id(p) for m in module.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)
+        }
+        weights: dict[int, torch.nn.Parameter] = {}
+        for m in module.modules():
+            w = getattr(m, "weight", None) if isinstance(m, torch.nn.Linear) else None
+            if w is None or w.requires_grad or w.dtype != torch.float32 or id(w) in owned_elsewhere:
+                continue
+            weights[id(w)] = w
+        self.weights = list(weights.values())
+        self._fp32: list[torch.Tensor] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fp32 is not None
+
+    def hold(self) -> None:
+        import torch
+
+        if self._fp32 is not None:
+            return
+        self._fp32 = [w.data for w in self.weights]
+        for w in self.weights:
+            w.data = w.data.to(torch.bfloat16)
+
+    def release(self) -> None:
+        if self._fp32 is None:
+            return
+        for w, data in zip(self.weights, self._fp32):
+            w.data = data
+        self._fp32 = None
+
+
 def for_llm_dtype(choice: PrecisionChoice, requested: str, llm_dtype: str) -> PrecisionChoice:
     """A stage's precision given its LLM's weight dtype. An LLM held in bfloat16 or float16 keeps its trainable
     weights in fp32 (``apply_trainable``), and 16-bit and fp32 tensors only meet inside autocast: ``auto`` takes bf16
