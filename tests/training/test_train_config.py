@@ -95,3 +95,15 @@ def test_cpu_small_stage1a_is_the_words_kind():
     assert cfg.cache.kind == "disk"  # everything before the projector is frozen: its outputs are cached, for all stages
     assert cfg.model_set == {"projector.output_scale": "text", "projector.activation": "gelu"}
     assert cfg.trainable.projector == "full" and cfg.trainable.qformer == "frozen" and cfg.trainable.llm == "frozen"
+
+
+def test_cpu_small_keeps_the_words_projector_and_colours_in_stage1a():
+    """After the `words` stage only the LLM's LoRA and norms train (as in stage 2); 1a sees every colour, and 1b
+    adds the xyz-only copies to the feature cache before its first step."""
+    s1a = load_train_config(CONFIGS / "cpu-small" / "stage1a.yaml")
+    assert s1a.data.colour_dropout == 0.0 and s1a.cache.prefill
+    for stage in ("stage1b", "stage1c"):
+        cfg = load_train_config(CONFIGS / "cpu-small" / f"{stage}.yaml")
+        assert cfg.trainable == STAGES["stage2-baseline"], stage
+        assert cfg.data.colour_dropout == 0.5 and cfg.cache.kind == "disk"
+    assert load_train_config(CONFIGS / "cpu-small" / "stage1b.yaml").cache.prefill
