@@ -164,9 +164,11 @@ class CacheConfig:
     # Encode every cloud the stage can draw before its first step, in batches of `prefill_batch` over the sorted
     # cloud keys, instead of one cloud at a time when a step first draws it (on cpu-small a cloud costs about half
     # as much at batch 32: `python benchmarks/feature_cache.py`). The batches are fixed by the data, not by the
-    # order of the draws, so a resumed run reads the same features. Worth it where the stage draws nearly every
-    # cloud anyway (cpu-small's 1a: 1000 steps of 32 over 1200 objects); a short stage on a large dataset would
-    # encode clouds it never draws.
+    # order of the draws, so a resumed run reads the same features; the coloured clouds and the xyz-only copies are
+    # batched apart, so a stage that adds the copies to a cache of the coloured clouds encodes only the copies.
+    # Worth it where the stages sharing the cache draw nearly every cloud anyway (cpu-small: 1a, 1000 steps of 32
+    # over the 1200 coloured clouds; 1b, whose xyz-only copies 1b-2 draw); a short stage on a large dataset with
+    # no later stage would encode clouds it never draws.
     prefill: bool = False
     prefill_batch: int = 32
 
