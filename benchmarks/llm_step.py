@@ -8,7 +8,9 @@ Three steps on the same batches (forward, backward, AdamW; the frozen vision sid
 - ``dropout 0, full head``: the same without LoRA dropout;
 - ``dropout 0, supervised head``: the output head only at the positions that predict an answer token
   (``losses.next_token_loss``), as cpu-small trains now;
-and, as the third with LoRA on attention only, what the MLP adapters cost. Medians of ``--steps`` steps after
+and, as the third with LoRA on attention only, what the MLP adapters cost; and the third with the LLM's eager
+attention instead of transformers' default sdpa (``training.precision.llm_attention`` picks eager under bf16 on a
+CPU). Medians of ``--steps`` steps after
 ``--warmup``, the variants alternating so that machine noise hits all alike. The data is a small embedded dataset
 generated into a temporary folder.
 """
@@ -33,14 +35,14 @@ from pointalign.models.pointalign import position_ids
 from pointalign.training.config import DataConfig, DataSource
 from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo
-from pointalign.training.precision import resolve_precision
+from pointalign.training.precision import resolve_precision, set_llm_attention
 from pointalign.training.stages import STAGES, apply_trainable
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def make_model(dropout: float, targets: tuple[str, ...] | None):
+def make_model(dropout: float, targets: tuple[str, ...] | None, attention: str = "sdpa"):
     cfg = preset("cpu-small")
     llm = dataclasses.replace(cfg.llm, lora_dropout=dropout, lora_targets=targets or cfg.llm.lora_targets)
     torch.manual_seed(0)
@@ -49,6 +51,7 @@ def make_model(dropout: float, targets: tuple[str, ...] | None):
         model, dataclasses.replace(STAGES["stage1b"], bridge="frozen", qformer="frozen", query_tokens="frozen")
     )
     model.train()
+    set_llm_attention(model, attention)
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
 
@@ -94,6 +97,7 @@ def main() -> None:
             "dropout 0, full head": (make_model(0.0, None), True),
             "dropout 0, supervised head": (make_model(0.0, None), False),
             "the same, LoRA on attention only": (make_model(0.0, ATTENTION), False),
+            "dropout 0, supervised head, eager": (make_model(0.0, None, attention="eager"), False),
         }
         times: dict[str, list[float]] = {k: [] for k in variants}
         bf16 = precision.chosen == "bf16"

@@ -224,6 +224,7 @@ def reproduce_cmd(args: argparse.Namespace) -> int:
         Path(args.data_root) if args.data_root else None,
         limit=args.limit,
         full=args.full,
+        precision=args.precision,
     )
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -568,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--full",
         action="store_true",
         help="evaluate every task and prompt and train the legacy-span model, whatever the preset's plan drops",
+    )
+    rp.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="run every stage, the evaluation and the probes in this precision (default: the preset's, auto for "
+        "cpu-small: bf16 where this host measures it faster); reproduce a run made on another host",
     )
     rp.set_defaults(func=reproduce_cmd)
 

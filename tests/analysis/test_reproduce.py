@@ -354,3 +354,32 @@ def test_evaluate_model_keeps_per_object_scores_and_recomputes_old_summaries(
     )
     assert in_bf16["settings"]["precision"] == "bf16" and calls == ["bf16", "bf16"]
     assert len(json.loads(closed_file.read_text())["results"]) == 2  # the fp32 answers were dropped
+
+
+def test_reproduce_precision_reaches_every_stage_and_the_evaluation(tmp_path, fake_pipeline, monkeypatch, capsys):
+    overrides = []
+    stage1 = []
+    train = rm._train
+    monkeypatch.setattr(rm, "_train", lambda p, s, o, ov, f: overrides.append(ov) or train(p, s, o, ov, f))
+    monkeypatch.setattr(rm, "train_stage1", lambda preset, out, common, print_fn: stage1.append(common))
+    out = tmp_path / "fp32"
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--precision", "fp32"]) == 0
+    assert all("precision=fp32" in ov for ov in [*stage1, *overrides]) and len(overrides) == 2
+    assert {p.precision for p in fake_pipeline["plans"]} == {"fp32"}
+    fake_pipeline["plans"].clear()
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(tmp_path / "default")]) == 0
+    assert {p.precision for p in fake_pipeline["plans"]} == {"auto"}  # the plan's own
+    assert not any("precision=" in o for o in stage1[-1])
+    capsys.readouterr()
+
+
+def test_reproduce_precision_refuses_stages_of_another_precision(tmp_path, fake_pipeline, capsys):
+    out = tmp_path / "rp"
+    (out / "stage0").mkdir(parents=True)
+    (out / "stage0" / "trainer_state.json").write_text(json.dumps({"step": 3, "complete": True, "precision": "bf16"}))
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision fp32: " in err and "stages trained in another precision (stage0)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["stage0"] and fake_pipeline["trained"] == []
+    assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--precision", "bf16"]) == 0  # agrees
+    capsys.readouterr()

@@ -155,3 +155,20 @@ def test_minipointnet_rows_equal_point_berts_conv1d(training):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
     for (name, a), c in zip(ours.named_buffers(), ref.buffers()):  # BatchNorm's running statistics
         torch.testing.assert_close(a, c, msg=name)
+
+
+def test_attention_under_cpu_autocast_takes_explicit_scores_with_the_fused_result(monkeypatch):
+    from pointalign.models.point_encoder import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, 4)
+    x = torch.randn(3, 9, 16)
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a: calls.append(1) or original(*a))
+    fused = attn(x)  # fp32: the fused kernel
+    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explicit = attn(x)
+    assert calls == [1] and explicit.dtype == torch.bfloat16 and explicit.shape == (3, 9, 16)
+    torch.testing.assert_close(explicit.float(), fused, atol=3e-2, rtol=3e-2)

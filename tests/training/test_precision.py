@@ -12,6 +12,7 @@ from pointalign.training import precision as prec
 from pointalign.training.config import TrainConfig, load_train_config
 from pointalign.training.distributed import DistInfo
 from pointalign.training.precision import BF16_MARGIN, PrecisionChoice, choose_precision, resolve_precision
+from tests.conftest import clouds
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -224,6 +225,41 @@ def test_inference_autocast_gives_the_autocast_results_and_restores_the_marks(ch
     assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]
 
 
+def test_llm_attention_is_eager_under_bf16_on_a_cpu_only():
+    assert prec.llm_attention("bf16", "cpu") == "eager"
+    assert prec.llm_attention("fp32", "cpu") == prec.llm_attention("bf16", "cuda") == "sdpa"
+
+
+def test_inference_autocast_runs_the_llm_with_eager_attention_and_puts_sdpa_back(tiny_model, tiny_config):
+    clouds_2 = clouds(2, tiny_config.encoder.num_points)
+    llm = tiny_model.llm.get_base_model()
+    assert llm.config._attn_implementation == "sdpa"  # transformers' default
+    tiny_model.eval()
+    with prec.inference_autocast("fp32", "cpu", tiny_model):
+        assert llm.config._attn_implementation == "sdpa"
+        fp32 = tiny_model.encode_points(clouds_2).point_tokens
+    with prec.inference_autocast("bf16", "cpu", tiny_model):
+        assert llm.config._attn_implementation == "eager"
+        bf16 = tiny_model.encode_points(clouds_2).point_tokens
+    assert llm.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(bf16.float(), fp32, atol=0.1, rtol=0.05)
+    assert prec.set_llm_attention(torch.nn.Linear(2, 2), "eager") is None  # no LLM: nothing to set
+
+
+def test_llm_attention_eager_and_sdpa_give_the_same_loss_on_a_padded_batch(tiny_model, tiny_config):
+    dialogues = [[("What is this?", "A red sphere.")], [("Describe it.", "A blue cube with six faces, all flat.")]]
+    batch = tiny_model.builder.collate([tiny_model.builder.encode(d) for d in dialogues], "right")
+    assert not bool(batch.attention_mask.all())  # the shorter dialogue is padded
+    points = clouds(2, tiny_config.encoder.num_points)
+    tiny_model.eval()
+    with torch.no_grad():
+        sdpa = tiny_model(batch, points=points)
+        assert prec.set_llm_attention(tiny_model, "eager") == "sdpa"
+        eager = tiny_model(batch, points=points)
+    torch.testing.assert_close(eager.logits, sdpa.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eager.loss, sdpa.loss, atol=1e-5, rtol=1e-5)
+
+
 # -- frozen LLM weights held in bf16 for the steps of a bf16 stage ----------------------------------------------------
 
 
@@ -278,10 +314,12 @@ def test_a_bf16_stage_steps_on_held_casts_and_saves_what_fp32_weights_give(tiny_
     from pointalign.training.precision import FrozenCasts
 
     seen: list[set[torch.dtype]] = []
+    attention: list[str] = []
     step = loop.train_step
 
     def recording_step(run, forward):
         seen.append({w.dtype for w in run.casts.weights} if run.casts is not None else set())
+        attention.append(run.model.llm.get_base_model().config._attn_implementation)
         return step(run, forward)
 
     import dataclasses
@@ -293,6 +331,7 @@ def test_a_bf16_stage_steps_on_held_casts_and_saves_what_fp32_weights_give(tiny_
     args += ["precision=bf16", "optim.steps=3", "checkpoint_every=2"]
     assert main([*args, "--out", str(tmp_path / "held")]) == 0
     assert seen == [{torch.bfloat16}] * 3
+    assert attention == ["eager"] * 3  # bf16 on a CPU: explicit attention (llm_attention)
     monkeypatch.setattr(FrozenCasts, "hold", lambda self: None)
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
     from safetensors.torch import load_file

@@ -328,6 +328,7 @@ def reproduce(
     print_fn=print,
     limit: int | None = None,
     full: bool = False,
+    precision: str | None = None,
 ) -> dict:
     """Run the whole comparison into ``out``; returns the report dict.
 
@@ -339,6 +340,8 @@ def reproduce(
         print_fn: progress output.
         limit: objects per evaluation task, spread over its list (a quick look; None = the plan's, all objects).
         full: every task and prompt, the legacy-span model and the class probe, whatever the plan drops.
+        precision: "fp32", "bf16" or "auto" for every stage, the evaluation and the probes (None = the shipped
+            configs' and the plan's); a finished stage in ``out`` trained in another precision is an error.
     """
     if preset not in PLANS:
         raise ConfigError(
@@ -354,9 +357,14 @@ def reproduce(
         plan = replace(plan, eval_limit=limit)
     if full:
         plan = replace(plan, eval_runs=EVAL_RUNS, legacy_span=True, class_probe=True)
+    if precision is not None:
+        plan = replace(plan, precision=precision)  # checks the name
+        check_finished_precision(out, precision)
     out.mkdir(parents=True, exist_ok=True)
     root, file_points = ensure_data(preset, out, data_root, print_fn)
     common = [f"data.root={root}", f"data.file_points={file_points}"]
+    if precision is not None:
+        common.append(f"precision={precision}")
     train_stage1(preset, out, common, print_fn)
     runs: dict[str, list[Path]] = {"baseline": [], "pointalign": []}
     for s in range(seeds):
@@ -442,6 +450,27 @@ def reproduce(
     write_report(out, report)
     print_fn((out / "report.md").read_text())
     return report
+
+
+def check_finished_precision(out: Path, precision: str) -> None:
+    """Refuse a run folder whose finished or started stages ran in another precision than ``precision`` forces
+    (``reproduce`` reuses finished stages as they are); "auto" accepts either."""
+    from pointalign.training.loop import read_trainer_state
+
+    if precision == "auto" or not out.is_dir():
+        return
+    other = sorted(
+        d.name
+        for d in out.iterdir()
+        if d.is_dir()
+        and (state := read_trainer_state(d)) is not None
+        and state.get("precision", precision) != precision
+    )
+    if other:
+        raise ConfigError(
+            f"--precision {precision}: {out} has stages trained in another precision ({', '.join(other)}); "
+            "use another --out, or remove them"
+        )
 
 
 def cached_probe(ckpt: Path, root: Path, settings: ProbeSettings) -> ProbeResult:

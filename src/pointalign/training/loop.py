@@ -33,7 +33,14 @@ from pointalign.training.data import MixtureData, PointStore
 from pointalign.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from pointalign.training.feature_cache import FeatureCache, encoder_side_frozen
 from pointalign.training.optim import build_optimizer, lr_at, set_lr
-from pointalign.training.precision import FrozenCasts, PrecisionChoice, for_llm_dtype, resolve_precision
+from pointalign.training.precision import (
+    FrozenCasts,
+    PrecisionChoice,
+    for_llm_dtype,
+    llm_attention,
+    resolve_precision,
+    set_llm_attention,
+)
 from pointalign.training.precision import autocast as precision_autocast
 from pointalign.training.stages import apply_trainable
 
@@ -397,6 +404,7 @@ def train_stage(
         if cfg.precision == "auto" and dist.main:
             print_fn(f"{cfg.name}: {precision.describe()}")
         run = kind.setup(cfg, out, dist, precision)
+        set_llm_attention(run.model, llm_attention(precision.chosen, dist.device.type))
         if state is not None:
             restore_run(run, state)
             print_fn(f"resuming {cfg.name} at step {run.step}")

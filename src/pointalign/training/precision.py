@@ -166,6 +166,27 @@ def autocast(chosen: Resolved, device_type: str) -> contextlib.AbstractContextMa
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
+def llm_attention(chosen: Resolved, device_type: str) -> str:
+    """The LLM's attention implementation for forward passes in ``chosen`` precision on ``device_type``: "eager"
+    (explicit matmuls and softmax) under bf16 autocast on a CPU, where torch's fused CPU attention kernel is much the
+    slower, its backward above all (a cpu-small stage-1b step 1.33x faster eager; in fp32 the two are within a few
+    per cent: ``python benchmarks/llm_step.py``); "sdpa", transformers' default, everywhere else."""
+    return "eager" if chosen == "bf16" and device_type == "cpu" else "sdpa"
+
+
+def set_llm_attention(module: torch.nn.Module, implementation: str) -> str | None:
+    """Give ``module.llm`` (a transformers model, LoRA-wrapped or not) the attention ``implementation``; returns the
+    one it had, or None (and changes nothing) when ``module`` has no such LLM."""
+    llm = getattr(module, "llm", None)
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    if base is None or not hasattr(base, "set_attn_implementation"):
+        return None
+    previous = base.config._attn_implementation
+    if previous != implementation:
+        base.set_attn_implementation(implementation)
+    return previous
+
+
 @contextlib.contextmanager
 def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Module) -> Iterator[None]:
     """``autocast`` for many gradient-free forward passes of ``module`` (evaluation, probes): the same results, each
@@ -175,7 +196,8 @@ def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Modu
     grad (its cast cache), so a frozen or inference model pays the cast of all its weights at every forward step
     (every generated token). Here every float parameter is marked as requiring grad for the region, so the cache
     holds the casts; gradients stay off (the region runs under ``torch.no_grad``) and the marks are restored after.
-    For fp32 this is ``torch.no_grad`` alone."""
+    For fp32 this is ``torch.no_grad`` alone. The region also runs the LLM with ``llm_attention``'s implementation
+    and puts the previous one back after."""
     import torch
 
     if chosen == "fp32":
@@ -184,6 +206,7 @@ def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Modu
         return
     params = [p for p in module.parameters() if p.is_floating_point()]
     marks = [p.requires_grad for p in params]
+    previous = set_llm_attention(module, llm_attention(chosen, device_type))
     try:
         for p in params:
             p.requires_grad_(True)
@@ -192,6 +215,8 @@ def inference_autocast(chosen: Resolved, device_type: str, module: torch.nn.Modu
     finally:
         for p, mark in zip(params, marks):
             p.requires_grad_(mark)
+        if previous is not None:
+            set_llm_attention(module, previous)
 
 
 class FrozenCasts:
