@@ -50,6 +50,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval_throughput.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/precision.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/frozen_casts.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/attention.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
