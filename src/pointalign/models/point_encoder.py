@@ -150,7 +150,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, T, c/h)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # Explicit scores: under bf16 autocast torch's fused CPU kernel takes about 5x as long forward + backward
+            # Explicit scores: under bf16 autocast torch's fused CPU kernel takes about 4x as long forward + backward
             # at cpu-small's shapes (`python benchmarks/attention.py`); softmax in fp32, as the fused kernel does.
             scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, h, T, T)
             y = scores.float().softmax(dim=-1).to(v.dtype) @ v  # (B, h, T, c/h)

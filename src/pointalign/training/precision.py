@@ -169,8 +169,8 @@ def autocast(chosen: Resolved, device_type: str) -> contextlib.AbstractContextMa
 def llm_attention(chosen: Resolved, device_type: str) -> str:
     """The LLM's attention implementation for forward passes in ``chosen`` precision on ``device_type``: "eager"
     (explicit matmuls and softmax) under bf16 autocast on a CPU, where torch's fused CPU attention kernel is much the
-    slower, its backward above all (a cpu-small stage-1b step 1.33x faster eager; in fp32 the two are within a few
-    per cent: ``python benchmarks/llm_step.py``); "sdpa", transformers' default, everywhere else."""
+    slower, its backward above all (a cpu-small stage-1b step 1.25x faster eager; in fp32 eager is 3 % slower:
+    ``python benchmarks/llm_step.py [--precision fp32]``); "sdpa", transformers' default, everywhere else."""
     return "eager" if chosen == "bf16" and device_type == "cpu" else "sdpa"
 
 
