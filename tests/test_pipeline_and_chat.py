@@ -94,3 +94,35 @@ def test_chat_cli_ask_and_bad_file(ckpt, tmp_path, capsys):
     assert main(["chat", "--checkpoint", str(ckpt), "--points", str(tmp_path / "bad.npy"), "--ask", "x"]) == 2
     err = capsys.readouterr().err
     assert "expected shape" in err and "Traceback" not in err
+
+
+def test_pipeline_runs_in_its_precision_and_puts_the_model_back(ckpt, monkeypatch):
+    seen = []
+    pipe = PointAlignPipeline.from_pretrained(ckpt, GenerationConfig.greedy(4), precision="bf16")
+    assert pipe.choice.chosen == "bf16"
+    generate = pipe.model.generate
+    llm = pipe.model.llm.get_base_model() if hasattr(pipe.model.llm, "get_base_model") else pipe.model.llm
+
+    def recording(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), llm.config._attn_implementation))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.model, "generate", recording)
+    marks = [p.requires_grad for p in pipe.model.parameters()]
+    xyz = clouds(1, 256)[0].numpy()
+    assert isinstance(pipe(xyz), str)
+    assert seen == [(True, "eager")] and llm.config._attn_implementation == "sdpa"
+    assert [p.requires_grad for p in pipe.model.parameters()] == marks  # inference_autocast's marks undone
+    fp32 = PointAlignPipeline.from_pretrained(ckpt, GenerationConfig.greedy(4))
+    assert fp32.choice.chosen == "fp32"
+
+
+def test_chat_cli_precision(ckpt, tmp_path, capsys):
+    np.save(tmp_path / "c.npy", clouds(1, 256)[0].numpy())
+    args = ["chat", "--checkpoint", str(ckpt), "--points", str(tmp_path / "c.npy"), "--ask", "What is this?"]
+    assert main([*args, "--max-new-tokens", "4", "--precision", "auto"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() != "" and "chat: precision auto -> " in err and "precision" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--precision", "fp16"])
+    assert exit_info.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err

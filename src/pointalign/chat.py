@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,13 @@ def chat(
     generation: GenerationConfig | None = None,
     input_fn: Callable[[str], str] = input,
     print_fn: Callable[[str], None] = print,
+    precision: str = "fp32",
 ) -> list[tuple[str, str]]:
-    """Answer ``ask`` once, or chat until an empty line, ``exit`` or end of input; returns the dialogue."""
-    pipe = PointAlignPipeline.from_pretrained(checkpoint, generation)
+    """Answer ``ask`` once, or chat until an empty line, ``exit`` or end of input; returns the dialogue. The model
+    runs in ``precision`` ("fp32", "bf16" or "auto", as ``PointAlignPipeline``)."""
+    pipe = PointAlignPipeline.from_pretrained(checkpoint, generation, precision)
+    if precision == "auto":  # on stderr: the answers alone go to stdout
+        print(f"chat: {pipe.choice.describe()}", file=sys.stderr)
     cloud = pipe.prepare(points)  # a bad file fails here, before any question
     if ask is not None:
         answer = pipe(cloud, ask)

@@ -27,20 +27,27 @@ PointInput = np.ndarray | torch.Tensor | str | Path
 
 
 class PointAlignPipeline:
-    """A loaded model (never with the alignment projector) plus input preparation and decoding settings."""
+    """A loaded model (never with the alignment projector) plus input preparation, decoding settings and the
+    precision its forward passes run in: "fp32", "bf16" (autocast, as ``pointalign eval --precision bf16``) or
+    "auto" (bf16 where this host measures it faster; ``choice`` says what was chosen and why)."""
 
-    def __init__(self, model, generation: GenerationConfig | None = None) -> None:
+    def __init__(self, model, generation: GenerationConfig | None = None, precision: str = "fp32") -> None:
+        from pointalign.training.precision import requested_precision
+
         self.model = model.eval()
         self.generation = generation or GenerationConfig.greedy(max_new_tokens=150)
         self.num_points = model.config.encoder.num_points
         self.min_points = max(model.config.encoder.num_groups, model.config.encoder.group_size)
+        self.choice = requested_precision(precision, next(model.parameters()).device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, generation: GenerationConfig | None = None) -> PointAlignPipeline:
+    def from_pretrained(
+        cls, path: str | Path, generation: GenerationConfig | None = None, precision: str = "fp32"
+    ) -> PointAlignPipeline:
         from pointalign.checkpoint import load_model
 
         model, _ = load_model(path, for_inference=True)
-        return cls(model, generation)
+        return cls(model, generation, precision)
 
     def prepare(self, item: PointInput) -> torch.Tensor:
         """One input as a (P, 6) float32 tensor ready for the model."""
@@ -72,16 +79,20 @@ class PointAlignPipeline:
         histories = None
         if history is not None:
             histories = [list(history)] if single else [list(h) for h in history]
+        from pointalign.training.precision import inference_autocast
+
         clouds = [self.prepare(x) for x in items]
         sizes = {c.shape[0] for c in clouds}
         device = next(self.model.parameters()).device
         answers: list[str] = []
-        if len(sizes) == 1:
-            answers = self.model.generate(
-                torch.stack(clouds).to(device), questions, histories, generation or self.generation
-            )
-        else:  # clouds smaller than the model's point count keep their size: answer them one by one
-            for i, c in enumerate(clouds):
-                h = [histories[i]] if histories else None
-                answers += self.model.generate(c[None].to(device), [questions[i]], h, generation or self.generation)
+        with inference_autocast(self.choice.chosen, device.type, self.model):
+            if len(sizes) == 1:
+                answers = self.model.generate(
+                    torch.stack(clouds).to(device), questions, histories, generation or self.generation
+                )
+            else:  # clouds smaller than the model's point count keep their size: answer them one by one
+                for i, c in enumerate(clouds):
+                    h = [histories[i]] if histories else None
+                    gen = generation or self.generation
+                    answers += self.model.generate(c[None].to(device), [questions[i]], h, gen)
         return answers[0] if single else answers
