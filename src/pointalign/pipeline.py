@@ -22,6 +22,7 @@ from pointalign.config import GenerationConfig
 from pointalign.data.prompts import Turn
 from pointalign.data.readers import check_cloud, downsample, load_cloud, normalize
 from pointalign.errors import DataError
+from pointalign.training.precision import inference_autocast, requested_precision
 
 PointInput = np.ndarray | torch.Tensor | str | Path
 
@@ -32,8 +33,6 @@ class PointAlignPipeline:
     "auto" (bf16 where this host measures it faster; ``choice`` says what was chosen and why)."""
 
     def __init__(self, model, generation: GenerationConfig | None = None, precision: str = "fp32") -> None:
-        from pointalign.training.precision import requested_precision
-
         self.model = model.eval()
         self.generation = generation or GenerationConfig.greedy(max_new_tokens=150)
         self.num_points = model.config.encoder.num_points
@@ -79,20 +78,16 @@ class PointAlignPipeline:
         histories = None
         if history is not None:
             histories = [list(history)] if single else [list(h) for h in history]
-        from pointalign.training.precision import inference_autocast
-
         clouds = [self.prepare(x) for x in items]
         sizes = {c.shape[0] for c in clouds}
         device = next(self.model.parameters()).device
+        gen = generation or self.generation
         answers: list[str] = []
         with inference_autocast(self.choice.chosen, device.type, self.model):
             if len(sizes) == 1:
-                answers = self.model.generate(
-                    torch.stack(clouds).to(device), questions, histories, generation or self.generation
-                )
+                answers = self.model.generate(torch.stack(clouds).to(device), questions, histories, gen)
             else:  # clouds smaller than the model's point count keep their size: answer them one by one
                 for i, c in enumerate(clouds):
                     h = [histories[i]] if histories else None
-                    gen = generation or self.generation
                     answers += self.model.generate(c[None].to(device), [questions[i]], h, gen)
         return answers[0] if single else answers
