@@ -51,6 +51,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/precision.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/frozen_casts.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/attention.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/probe_prompt.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -11,6 +11,7 @@ from pointalign.analysis.probe import (
     layer_features,
     point_states,
     probe,
+    prompt_forward,
 )
 from pointalign.checkpoint import save_checkpoint
 from pointalign.errors import ConfigError
@@ -43,6 +44,19 @@ def test_point_states_shapes(tiny_model):
     assert pooled.shape == (n_layers + 1, 3, d)
     assert kept.shape == (2, 3, q, d) and queries.shape == (3, q, dq)
     assert torch.allclose(kept.mean(dim=2), pooled[[0, 2]], atol=1e-5)
+
+
+def test_prompt_forward_through_points_keeps_the_point_states(tiny_model):
+    """Cutting the prompt after the point tokens changes no state at or before them (the decoder is causal)."""
+    pts = clouds(2, 256)
+    tiny_model.eval()  # no dropout: both passes see the same point tokens
+    batch, _, full = prompt_forward(tiny_model, pts, output_hidden_states=True)
+    _, _, cut = prompt_forward(tiny_model, pts, through_points=True, output_hidden_states=True)
+    end = int(batch.point_positions.max()) + 1
+    assert end < batch.input_ids.shape[1]  # the question and the assistant's header follow the point tokens
+    assert cut.hidden_states[0].shape[1] == end
+    for h_full, h_cut in zip(full.hidden_states, cut.hidden_states):
+        assert torch.allclose(h_full[:, :end], h_cut, atol=1e-5)
 
 
 def test_point_states_in_bf16_are_float32_and_close_to_fp32(tiny_model):

@@ -82,17 +82,32 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def prompt_forward(model: PointAlignModel, clouds: torch.Tensor, question: str = PROBE_PROMPT, **llm_kwargs):
+def prompt_forward(
+    model: PointAlignModel,
+    clouds: torch.Tensor,
+    question: str = PROBE_PROMPT,
+    through_points: bool = False,
+    **llm_kwargs,
+):
     """The LLM's decoder run once over the generation prompt of ``question`` with each of the (B, N, F) ``clouds``'
     point tokens spliced in: (the left-padded PromptBatch, the PointFeatures, the decoder's output with
-    ``llm_kwargs``: hidden states or attentions, no logits, since no caller reads them)."""
+    ``llm_kwargs``: hidden states or attentions, no logits, since no caller reads them).
+
+    With ``through_points`` the decoder reads the prompt only up to the last point token: the decoder is causal, so
+    the states at and before the point tokens are the same (to float rounding), for about a quarter fewer tokens
+    (43 of the 56 of cpu-small's "What is this?" prompt). The batch's point positions stay valid; the output's
+    sequence axis is the shorter one."""
     device = next(model.parameters()).device
     batch = model.builder.collate([model.builder.encode([], question)] * len(clouds), "left").to(device)
     feats = model.encode_points(clouds.to(device))
+    embeds, mask = model.embed(batch, feats.point_tokens), batch.attention_mask  # (B, L, D), (B, L)
+    if through_points:
+        end = int(batch.point_positions.max()) + 1
+        embeds, mask = embeds[:, :end], mask[:, :end]  # (B, end, D), (B, end)
     out = decoder_stack(model.llm)(
-        inputs_embeds=model.embed(batch, feats.point_tokens),
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
         use_cache=False,
         **llm_kwargs,
     )
@@ -115,7 +130,7 @@ def point_states(
     with inference_autocast(precision, device.type, model):  # each weight cast to bf16 once for all the batches
         for i in range(0, len(clouds), batch_size):
             chunk = clouds[i : i + batch_size]
-            batch, feats, out = prompt_forward(model, chunk, output_hidden_states=True)
+            batch, feats, out = prompt_forward(model, chunk, through_points=True, output_hidden_states=True)
             hidden = out.hidden_states  # L+1 tensors (B, T, D)
             rows = torch.arange(len(chunk), device=device)[:, None]
             tokens = [h[rows, batch.point_positions].float() for h in hidden]  # L+1 x (B, Q, D)
