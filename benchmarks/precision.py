@@ -5,8 +5,10 @@
 Builds the stage's model twice from the same seed (vision side and LLM as the stage trains them, no feature
 cache), trains both on the same sequence of batches with the two precisions alternating step by step, and prints
 the median step time of each, their ratio, and the largest difference between the two runs' losses, then what
-``precision: auto`` chooses on this host (its own short matmul probe, training/precision.py). The data is a small
-embedded dataset generated into a temporary folder.
+``precision: auto`` chooses on this host (its own short matmul probe, training/precision.py), and the same probe
+Linear's forward pass alone in both precisions, the figure a user gets by timing ``layer(x)`` (the forward +
+backward probe takes about three times as long: compare hosts on the same one). The data is a small embedded dataset
+generated into a temporary folder.
 """
 
 from __future__ import annotations
@@ -24,10 +26,27 @@ from pointalign.data.synth import synthesize
 from pointalign.training.config import CacheConfig, DataConfig, DataSource, OptimConfig, TrainConfig
 from pointalign.training.distributed import DistInfo
 from pointalign.training.loop import setup, train_step
-from pointalign.training.precision import auto_precision
+from pointalign.training.precision import PROBE_IN, PROBE_OUT, PROBE_ROWS, auto_precision
 from pointalign.training.stages import STAGES
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+def forward_only_ms(repeats: int = 10) -> dict[str, float]:
+    """Fastest forward time (ms) of ``auto``'s probe Linear without grad, fp32 and under bf16 autocast, alternating
+    after two warm-up rounds each."""
+    layer = torch.nn.Linear(PROBE_IN, PROBE_OUT)
+    x = torch.randn(PROBE_ROWS, PROBE_IN, generator=torch.Generator().manual_seed(0))  # (L, D)
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            for name in best:
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                    layer(x)  # (L, PROBE_OUT)
+                if i >= 2:
+                    best[name] = min(best[name], (time.perf_counter() - t) * 1000.0)
+    return best
 
 
 def make_run(root: Path, points: int, name: str, stage: str, precision: str):
@@ -81,6 +100,11 @@ def main() -> None:
         f"bf16 {losses['bf16'][0]:.3f} -> {losses['bf16'][-1]:.3f}, largest difference {gap:.3f}"
     )
     print(f"  {auto_precision(CPU.device).describe()}")
+    fwd = forward_only_ms()
+    print(
+        f"  the probe Linear {PROBE_ROWS}x{PROBE_IN}->{PROBE_OUT}, forward only: fp32 {fwd['fp32']:.2f} ms, "
+        f"bf16 {fwd['bf16']:.2f} ms"
+    )
 
 
 if __name__ == "__main__":
