@@ -52,6 +52,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/frozen_casts.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/attention.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/probe_prompt.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/threads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
