@@ -4,7 +4,7 @@
 
 On this project's 2-core host, one thread runs the probe Linear's fp32 forward pass (``auto``'s matmul, 680 x 576 ->
 1536) in about the time the slower host of the same kind needs with two (13.5 ms there). Each thread count runs in a
-process of its own (``OMP_NUM_THREADS``), the two alternating: the probe forward, then the median of ``--steps``
+process of its own (``OMP_NUM_THREADS``), two threads first, then one: the probe forward, then the median of ``--steps``
 (after one warm-up) of three kinds of work the quickstart spends its time on, all in fp32 with random weights
 (the LLM is the packaged SmolLM2-135M):
 - a stage-0 step: encoder, Q-Former, both contrastive losses and backward, 32 random clouds;
