@@ -68,9 +68,16 @@ def test_reproduce_tiny_end_to_end_and_rerun(tmp_path, capsys):
     assert {"probe_loss_k1", "probe_loss_k10", "decode_l0", "decode_l2"} <= metrics  # tiny: alignment layer 2
     assert (out / "probe" / "decode.csv").is_file() and (out / "probe" / "facts.png").is_file()
     assert (out / "stage2-seed0" / "evaluation" / "facts.json").is_file()
+    parts = [p["part"] for p in report["run"]["parts"]]
+    assert parts[:5] == ["data", "stage0", "stage1a", "stage1b", "stage1c"]
+    assert parts[5:8] == ["stage2-baseline-seed0", "stage2-seed0", "stage2-legacy-seed0"]
+    assert "evaluation of stage2-legacy-seed0" in parts and parts[-2:] == ["class probe", "facts probe"]
+    assert "## This call's host and time" in md and "| stage0 |" in md
     stamp = (out / "stage2-seed0" / "model.safetensors").stat().st_mtime
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0  # reuses every finished step
     assert (out / "stage2-seed0" / "model.safetensors").stat().st_mtime == stamp
+    calls = (out / "logs" / "reproduce.jsonl").read_text().splitlines()
+    assert len(calls) == 2 and json.loads(calls[0])["parts"] == report["run"]["parts"]
     capsys.readouterr()
 
 
@@ -207,6 +214,10 @@ def test_reproduce_limit_reaches_every_evaluation_and_the_report(tmp_path, fake_
     assert "50 objects per task spread over each split" in md
     assert "## Probe: per-layer aggregates, no CI" in md and "correct among valid replies (%)" in md
     assert " +- " in closed_line(md, "ModelNet40 close-set accuracy, prompt 0 (I) | 50 |")  # two seeds: +- std
+    parts = [p["part"] for p in report["run"]["parts"]]  # train_stage1 is faked: it times no stage
+    assert parts[:5] == ["data", "stage2-baseline-seed0", "stage2-seed0", "stage2-baseline-seed1", "stage2-seed1"]
+    assert parts[5] == "stage2-legacy-seed0" and parts[6] == "evaluation of stage2-baseline-seed0"
+    assert report["run"]["host"]["threads"] >= 1 and "## This call's host and time" in md
     capsys.readouterr()
 
 
@@ -361,7 +372,7 @@ def test_reproduce_precision_reaches_every_stage_and_the_evaluation(tmp_path, fa
     stage1 = []
     train = rm._train
     monkeypatch.setattr(rm, "_train", lambda p, s, o, ov, f: overrides.append(ov) or train(p, s, o, ov, f))
-    monkeypatch.setattr(rm, "train_stage1", lambda preset, out, common, print_fn: stage1.append(common))
+    monkeypatch.setattr(rm, "train_stage1", lambda preset, out, common, print_fn, clock: stage1.append(common))
     out = tmp_path / "fp32"
     assert main(["reproduce", "--preset", "cpu-small", "--out", str(out), "--precision", "fp32"]) == 0
     assert all("precision=fp32" in ov for ov in [*stage1, *overrides]) and len(overrides) == 2

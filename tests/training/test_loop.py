@@ -326,7 +326,11 @@ def test_prefilled_cache_holds_every_drawable_cloud_and_trains_as_the_lazy_one(c
         losses[prefill] = [train_step(run, run.model)["loss"] for _ in range(3)]
         runs[prefill] = run
     assert runs[True].cache.misses == 0 and runs[True].cache.hits > 0
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+    # Under bf16 the encoder's matmuls round by the batch they are given (the prefill's 3 clouds, the step's batch
+    # there) and by the kernel the host picks: equal to 1e-5 on one host, 2.2e-5 apart on an AMX one, where bf16
+    # itself resolves about 4e-3. What the cache holds is checked exactly above (every cloud stored, no misses).
+    rel = 1e-5 if precision == "fp32" else 1e-3
+    assert losses[True] == pytest.approx(losses[False], rel=rel, abs=1e-6)
 
 
 def test_a_stage_that_adds_xyz_only_clouds_to_a_prefilled_cache_encodes_only_those(

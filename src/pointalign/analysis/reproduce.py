@@ -26,6 +26,8 @@ import numpy as np
 
 from pointalign.analysis.facts_probe import FactsProbeResult, FactsProbeSettings, facts_probe, facts_probe_checkpoint
 from pointalign.analysis.probe import ProbeResult, ProbeSettings, probe, probe_checkpoint
+from pointalign.analysis.runtime import RunClock, append_record, host_info
+from pointalign.analysis.runtime import markdown as runtime_markdown
 from pointalign.config import GenerationConfig
 from pointalign.errors import ConfigError, DataError
 from pointalign.eval.metrics import DEFAULT_SBERT, sbert_label
@@ -173,9 +175,11 @@ def ensure_data(preset: str, out: Path, data_root: Path | None, print_fn) -> tup
     return root, plan.points
 
 
-def train_stage1(preset: str, out: Path, common: list[str], print_fn) -> None:
+def train_stage1(preset: str, out: Path, common: list[str], print_fn, clock: RunClock | None = None) -> None:
+    clock = clock or RunClock()
     for stage in STAGE1:
-        _train(preset, stage, out, common, print_fn)
+        with clock.part(stage):
+            _train(preset, stage, out, common, print_fn)
 
 
 def eval_precision(plan: Plan) -> PrecisionChoice:
@@ -361,34 +365,36 @@ def reproduce(
         plan = replace(plan, precision=precision)  # checks the name
         check_finished_precision(out, precision)
     out.mkdir(parents=True, exist_ok=True)
-    root, file_points = ensure_data(preset, out, data_root, print_fn)
+    clock = RunClock()
+    with clock.part("data"):
+        root, file_points = ensure_data(preset, out, data_root, print_fn)
     common = [f"data.root={root}", f"data.file_points={file_points}"]
     if precision is not None:
         common.append(f"precision={precision}")
-    train_stage1(preset, out, common, print_fn)
+    train_stage1(preset, out, common, print_fn, clock)
     runs: dict[str, list[Path]] = {"baseline": [], "pointalign": []}
     for s in range(seeds):
-        runs["baseline"].append(
-            _train(
-                preset,
-                "stage2-baseline",
-                out,
-                [*common, f"seed={42 + s}", f"run_name=stage2-baseline-seed{s}"],
-                print_fn,
-            )
-        )
-        runs["pointalign"].append(
-            _train(preset, "stage2", out, [*common, f"seed={42 + s}", f"run_name=stage2-seed{s}"], print_fn)
-        )
+        for name, stage in (("baseline", "stage2-baseline"), ("pointalign", "stage2")):
+            with clock.part(f"{stage}-seed{s}"):
+                runs[name].append(
+                    _train(preset, stage, out, [*common, f"seed={42 + s}", f"run_name={stage}-seed{s}"], print_fn)
+                )
     legacy = None
     if plan.legacy_span:
-        legacy = _train(
-            preset, "stage2", out, [*common, "seed=42", "loss.span=legacy", "run_name=stage2-legacy-seed0"], print_fn
-        )
+        with clock.part("stage2-legacy-seed0"):
+            legacy_overrides = [*common, "seed=42", "loss.span=legacy", "run_name=stage2-legacy-seed0"]
+            legacy = _train(preset, "stage2", out, legacy_overrides, print_fn)
     precision = eval_precision(plan)
     print_fn(f"evaluation and probes: {precision.chosen} ({precision.reason})")
-    summaries = {k: [evaluate_model(p, root, file_points, plan, print_fn) for p in v] for k, v in runs.items()}
-    legacy_summary = evaluate_model(legacy, root, file_points, plan, print_fn) if legacy is not None else None
+    summaries: dict[str, list[dict]] = {k: [] for k in runs}
+    for k, ckpts in runs.items():
+        for ckpt in ckpts:
+            with clock.part(f"evaluation of {ckpt.name}"):
+                summaries[k].append(evaluate_model(ckpt, root, file_points, plan, print_fn))
+    legacy_summary = None
+    if legacy is not None:
+        with clock.part(f"evaluation of {legacy.name}"):
+            legacy_summary = evaluate_model(legacy, root, file_points, plan, print_fn)
     align_layer = _align_layer(runs["pointalign"][0])
     probed = [*runs["baseline"], *runs["pointalign"], *([legacy] if legacy is not None else [])]
     seed0 = {"baseline": runs["baseline"][0], "pointalign": runs["pointalign"][0]}
@@ -404,7 +410,8 @@ def reproduce(
             decode_layers=(0, align_layer, -1),  # input embeddings, the alignment layer, the last layer
             precision=precision.chosen,
         )
-        results = {ckpt: cached_probe(ckpt, root, settings) for ckpt in probed}
+        with clock.part("class probe"):
+            results = {ckpt: cached_probe(ckpt, root, settings) for ckpt in probed}
         for name in runs:  # the probe of every seed's models, for the mean and spread over seeds
             for ckpt, summary in zip(runs[name], summaries[name]):
                 summary["scores"].update(probe_scores(results[ckpt], align_layer))
@@ -415,7 +422,8 @@ def reproduce(
     facts_settings = FactsProbeSettings(
         fit_per_class=plan.facts_fit_per_class, file_points=file_points, precision=precision.chosen
     )
-    facts = {ckpt: cached_facts_probe(ckpt, root, facts_settings) for ckpt in probed}
+    with clock.part("facts probe"):
+        facts = {ckpt: cached_facts_probe(ckpt, root, facts_settings) for ckpt in probed}
     for name in runs:
         for ckpt, summary in zip(runs[name], summaries[name]):
             add_facts_scores(summary, facts[ckpt], align_layer)
@@ -447,6 +455,8 @@ def reproduce(
             "first": _mean_std([t["first"] for t in traces]),
             "last": _mean_std([t["last"] for t in traces]),
         }
+    report["run"] = clock.record(host_info(), f"{precision.chosen} ({precision.reason})")
+    append_record(out, report["run"])
     write_report(out, report)
     print_fn((out / "report.md").read_text())
     return report
@@ -879,6 +889,8 @@ def write_report(out: Path, report: dict) -> None:
             "accuracy, the point tokens at the alignment layer already carried the Q-Former outputs and the loss had "
             "little to correct.",
         ]
+    if "run" in report:
+        lines += ["", *runtime_markdown(report["run"])]
     lines.append("")
     (out / "report.md").write_text("\n".join(lines))
 
